@@ -1,0 +1,195 @@
+"""Data assets: raw_<kind>_corpus (an immutable snapshot of a landed file) and <kind>_dataset
+(validated, scrubbed, de-duplicated, split; quarantine beside it), one partition per drop."""
+
+
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetsDefinition,
+    Config,
+    DataVersion,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from dagster_pandera import pandera_schema_to_dagster_type
+from pydantic import Field
+
+from llm_assets.data.formats import FormatError
+from llm_assets.data.io import read_table, write_dataset, write_quarantine
+from llm_assets.data.pipeline import (
+    DEFAULT_EVAL_FRACTION,
+    DEFAULT_MAX_CHARS,
+    DropResult,
+    contract_violations,
+    length_stats,
+    validate_drop,
+)
+from llm_assets.data.contracts import dataset_schema
+from llm_assets.data.readers import UnreadableFile
+from llm_assets.markdown import markdown_table
+from llm_assets.partitions import DROP_PARTITIONS
+from llm_assets.recipes import RecipeError, load_all_recipes
+from llm_assets.resources.landing import KINDS, LandingZone
+from llm_assets.resources.store import ArtifactStore, sha256_file
+
+MAPPING_FILE = "mapping.yaml"
+
+
+class DatasetConfig(Config):
+    """Defaults are what sensors and a plain Materialize click use."""
+
+    eval_fraction: float = Field(DEFAULT_EVAL_FRACTION, ge=0, lt=1, description="Share of rows in the eval split (by content hash).")
+    max_chars: int = Field(DEFAULT_MAX_CHARS, gt=0, description="Longest text field accepted, in characters.")
+
+
+def raw_key(kind: str, drop: str) -> str:
+    return f"raw/{kind}/{drop}"
+
+
+def dataset_key(kind: str, drop: str) -> str:
+    return f"datasets/{kind}/{drop}"
+
+
+def strictest_reject_rate() -> tuple[float, str]:
+    """A drop feeds every recipe, so it must satisfy the strictest ``data.max_reject_rate``."""
+    try:
+        recipes = load_all_recipes()
+    except RecipeError as e:
+        raise Failure(description=f"cannot read the recipes to find the reject-rate threshold: {e}") from None
+    if not recipes:
+        return 0.05, "default (no recipes)"
+    name, recipe = min(recipes.items(), key=lambda kv: kv[1].data.max_reject_rate)
+    return recipe.data.max_reject_rate, f"recipe '{name}'"
+
+
+def _samples(df: pd.DataFrame, kind: str, n: int = 3) -> str:
+    def show(v: object) -> str:
+        if isinstance(v, list):
+            v = " / ".join(f"{m['role']}: {m['content']}" for m in v)
+        v = str(v).replace("\n", " ").replace("|", "\\|")
+        return v if len(v) <= 160 else v[:160] + "…"
+
+    cols = [c for c in df.columns if c not in ("row_hash", "meta")]
+    return markdown_table(cols, [[show(r[c]) for c in cols] for r in df.head(n).to_dict("records")])
+
+
+def dataset_checks(kind: str, result: DropResult, stored: pd.DataFrame, max_rate: float, source: str) -> list[AssetCheckResult]:
+    violations = contract_violations(kind, stored)
+    dupes = int(stored["row_hash"].duplicated().sum()) if not stored.empty else 0
+    return [
+        AssetCheckResult(
+            check_name="contract_holds", passed=not violations,
+            metadata={"violations": len(violations), "first": MetadataValue.md("\n".join(f"- {v}" for v in violations[:10]) or "none")},
+            description=None if not violations else f"{len(violations)} stored rows break the {kind} dataset contract",
+        ),
+        AssetCheckResult(
+            check_name="reject_rate_within_threshold", passed=result.reject_rate <= max_rate,
+            metadata={"reject_rate": round(result.reject_rate, 4), "threshold": max_rate, "threshold_from": source,
+                      "rows_quarantined": result.rows_quarantined, "rows_in": result.rows_in},
+            description=(
+                f"{result.reject_rate:.2%} of rows were quarantined; the threshold is {max_rate:.2%} ({source}). "
+                "See the quarantine table: fix the source file, or raise data.max_reject_rate in the recipes."
+            ) if result.reject_rate > max_rate else None,
+        ),
+        AssetCheckResult(check_name="no_duplicates", passed=dupes == 0, metadata={"duplicate_rows": dupes}),
+    ]
+
+
+def build_data_assets(kind: str) -> list[AssetsDefinition]:
+    partitions = DROP_PARTITIONS[kind]
+
+    @asset(
+        name=f"raw_{kind}_corpus", partitions_def=partitions, group_name="data", code_version="1", kinds={"file"},
+        description=f"Immutable snapshot of one landed {kind} file (and its mapping override); data version = content hash.",
+    )
+    def raw_corpus(context: AssetExecutionContext, landing: LandingZone, store: ArtifactStore) -> MaterializeResult:
+        zone = landing.open()
+        try:
+            landed = zone.find(kind, context.partition_key)
+            override = zone.mapping_override(landed)
+        except (FileNotFoundError, ValueError) as e:
+            raise Failure(description=str(e)) from None
+        data = zone.read(landed)
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / landed.name).write_bytes(data)
+            if override:
+                (Path(tmp) / MAPPING_FILE).write_text(json.dumps(override))
+            sha = sha256_file(Path(tmp) / landed.name)
+            manifest = store.open().commit(raw_key(kind, context.partition_key), Path(tmp), {"file": landed.name, "source": f"{zone.root}/{landed.path}"})
+        return MaterializeResult(
+            data_version=DataVersion(manifest.version),
+            metadata={"file": landed.name, "source": f"{zone.root}/{landed.path}", "bytes": len(data), "sha256": sha,
+                      "mapping_override": json.dumps(override) if override else "none", "artifact": f"{store.root}/{raw_key(kind, context.partition_key)}"},
+        )
+
+    schema = dataset_schema(kind)
+    column_schema = pandera_schema_to_dagster_type(schema).metadata.get("schema")
+
+    @asset(
+        name=f"{kind}_dataset", partitions_def=partitions, group_name="data", code_version="1", deps=[raw_corpus], kinds={"parquet", "pandera"},
+        description=f"Validated {kind} rows in canonical form, PII scrubbed, de-duplicated, split by content hash; rejected rows in the quarantine table.",
+        check_specs=[
+            AssetCheckSpec("contract_holds", asset=f"{kind}_dataset", blocking=True, description="Every stored row satisfies the pandera dataset contract."),
+            AssetCheckSpec("reject_rate_within_threshold", asset=f"{kind}_dataset", blocking=True, description="Quarantined share at most the strictest recipe's data.max_reject_rate."),
+            AssetCheckSpec("no_duplicates", asset=f"{kind}_dataset", blocking=True, description="No two stored rows have the same content hash."),
+        ],
+    )
+    def dataset(context: AssetExecutionContext, config: DatasetConfig, store: ArtifactStore) -> MaterializeResult:
+        drop = context.partition_key
+        st = store.open()
+        raw = st.get(raw_key(kind, drop))
+        name = raw.manifest.metadata["file"]
+        override = json.loads(raw.file(MAPPING_FILE).read_text()) if raw.file(MAPPING_FILE).exists() else {}
+        try:
+            result = validate_drop(kind, name, raw.file(name).read_bytes(), override=override,
+                                   max_chars=config.max_chars, eval_fraction=config.eval_fraction)
+        except (UnreadableFile, FormatError) as e:
+            raise Failure(description=f"{kind} drop '{drop}' ({raw.manifest.metadata.get('source', name)}): {e}") from None
+        with tempfile.TemporaryDirectory() as tmp:
+            write_dataset(result.dataset, Path(tmp) / "dataset.parquet", kind)
+            write_quarantine(result.quarantine, Path(tmp) / "quarantine.parquet")
+            stored = read_table(Path(tmp) / "dataset.parquet")
+            summary = {"format": result.format.name, "rows_in": result.rows_in, "rows_kept": result.rows_kept,
+                       "rows_quarantined": result.rows_quarantined, "raw_version": raw.version}
+            (Path(tmp) / "summary.json").write_text(json.dumps(summary, indent=1))
+            manifest = st.commit(dataset_key(kind, drop), Path(tmp), summary)
+        max_rate, source = strictest_reject_rate()
+        reasons = result.reasons()
+        splits = result.dataset["split"].value_counts()
+        context.log.info(f"{drop}: {result.rows_in} rows in, {result.rows_kept} kept, {result.rows_quarantined} quarantined ({result.format.name})")
+        return MaterializeResult(
+            data_version=DataVersion(manifest.version),
+            check_results=dataset_checks(kind, result, stored, max_rate, source),
+            metadata={
+                "dagster/row_count": result.rows_kept,
+                "dagster/column_schema": column_schema,
+                "format": result.format.name,
+                "columns_found": ", ".join(result.columns_seen),
+                "rows_in": result.rows_in,
+                "rows_kept": result.rows_kept,
+                "rows_quarantined": result.rows_quarantined,
+                "reject_rate": round(result.reject_rate, 4),
+                "blank_lines_skipped": result.blank_lines,
+                "train_rows": int(splits.get("train", 0)),
+                "eval_rows": int(splits.get("eval", 0)),
+                "pii_scrubbed": MetadataValue.json(dict(result.pii_counts)),
+                "length_chars": MetadataValue.json(length_stats(result.dataset, kind)),
+                "reject_reasons": MetadataValue.md(markdown_table(list(reasons.columns), reasons.values.tolist()) if len(reasons) else "none"),
+                "samples": MetadataValue.md(_samples(result.dataset, kind)),
+                "artifact": f"{st.root}/{dataset_key(kind, drop)}/versions/{manifest.version}",
+            },
+        )
+
+    return [raw_corpus, dataset]
+
+
+data_assets: list[AssetsDefinition] = [a for kind in KINDS for a in build_data_assets(kind)]

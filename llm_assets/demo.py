@@ -1,0 +1,82 @@
+"""``python -m llm_assets.demo``: land the demo data and materialize the graph into DAGSTER_HOME.
+
+What it materializes is what ``make ui`` then shows: the same instance, the same partitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from dagster import DagsterInstance
+
+from llm_assets.demo_data import write_demo_drops
+from llm_assets.markdown import markdown_table
+from llm_assets.partitions import DROP_PARTITIONS
+from llm_assets.resources.landing import KINDS
+
+
+def register_drops(instance: DagsterInstance, landing) -> dict[str, list[str]]:
+    """Add a drop partition for every landed file (what landing_sensor does on each tick)."""
+    drops = {}
+    for kind in KINDS:
+        scan = landing.scan(kind)
+        for name, why in scan.refused:
+            print(f"  ignored landing/{kind}/{name}: {why}")
+        keys = sorted(f.key for f in scan.files)
+        name = DROP_PARTITIONS[kind].name
+        new = [k for k in keys if not instance.has_dynamic_partition(name, k)]
+        if new:
+            instance.add_dynamic_partitions(name, new)
+        drops[kind] = keys
+    return drops
+
+
+def materialize_data(defs, instance: DagsterInstance, drops: dict[str, list[str]]) -> list[list[object]]:
+    rows = []
+    for kind, keys in drops.items():
+        job = defs.resolve_job_def(f"{kind}_data_job")
+        for key in keys:
+            t0 = time.time()
+            result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+            meta = {}
+            for event in result.get_asset_materialization_events():
+                if event.asset_key.path[-1] == f"{kind}_dataset":
+                    meta = {k: v.value for k, v in event.materialization.metadata.items()}
+            checks = result.get_asset_check_evaluations()
+            failed = [c.check_name for c in checks if not c.passed]
+            status = "ok" if result.success and not failed else "FAILED " + ", ".join(failed or ["run"])
+            rows.append([kind, key, meta.get("format", "-"), meta.get("rows_in", "-"), meta.get("rows_kept", "-"),
+                         meta.get("rows_quarantined", "-"), status, f"{time.time() - t0:.1f}"])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--no-land", action="store_true", help="Use what is already in the landing zone.")
+    args = parser.parse_args(argv)
+
+    from llm_assets.definitions import defs
+    from llm_assets.resources import default_resources
+
+    resources = default_resources()
+    landing = resources["landing"].open()
+    instance = DagsterInstance.get()
+    print(f"DAGSTER_HOME: {instance.root_directory}\nlanding zone: {landing.root}\nartifact store: {resources['store'].root}")
+    if not args.no_land:
+        if landing.root.startswith("s3://"):
+            print("the landing zone is on S3: copy the demo files there yourself, or run with --no-land", file=sys.stderr)
+            return 2
+        from pathlib import Path
+
+        for path in write_demo_drops(Path(landing.root)):
+            print(f"  landed {path}")
+    drops = register_drops(instance, landing)
+    rows = materialize_data(defs, instance, drops)
+    print("\nData drops\n" + markdown_table(["kind", "drop", "format", "rows in", "kept", "quarantined", "checks", "seconds"], rows))
+    return 0 if all(r[6] == "ok" for r in rows if str(r[1]).startswith("demo_")) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""Recipes: one YAML file per base model / hyper-parameter set in ``configs/recipes/``.
+
+Every group maps onto the trainer config it feeds, unknown keys are errors (a typo must never
+silently fall back to a default), and a recipe's hash covers its fully resolved content, so
+editing a comment does not retrain anything while changing any effective value does.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from llm_assets.paths import recipes_dir
+
+BUILTIN_PREFIX = "builtin:"
+RECIPE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+class RecipeError(ValueError):
+    """A recipe file that cannot be used; the message names the file and the key."""
+
+
+class Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataGroup(Group):
+    max_length: int = Field(256, gt=8, description="Tokens per training sequence, prompt included.")
+    chat_template: Literal["tokenizer", "plain"] = Field(
+        "tokenizer", description="'tokenizer' renders with the tokenizer's chat template; 'plain' concatenates prompt and completion."
+    )
+    max_reject_rate: float = Field(
+        0.05, ge=0, le=1, description="Highest share of a drop's rows that may be quarantined before its dataset check fails."
+    )
+    packing: bool = Field(False, description="Pack several examples per sequence (per-document attention masking).")
+
+
+class ArchitectureGroup(Group):
+    """Shape of a Llama-style decoder.
+
+    ``builtin:tiny`` is built from it; hub recipes state it (from the model's config.json) so that
+    memory is estimated before anything is downloaded, and the snapshot is checked against it.
+    """
+
+    hidden_size: int = Field(128, gt=0)
+    intermediate_size: int = Field(256, gt=0)
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(4, gt=0)
+    num_kv_heads: int | None = Field(None, gt=0, description="Grouped-query attention heads; None means num_heads.")
+    vocab_size: int = Field(1024, gt=0)
+    tie_word_embeddings: bool = True
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ArchitectureGroup":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.num_heads % (self.num_kv_heads or self.num_heads):
+            raise ValueError(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
+        return self
+
+
+class ModelGroup(Group):
+    base: str = Field("builtin:tiny", description="'builtin:tiny' or a Hugging Face Hub repo id.")
+    revision: str | None = Field(None, description="Pinned hub commit (40 hex characters); required for hub models.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+    trust_remote_code: bool = False
+    architecture: ArchitectureGroup = ArchitectureGroup()
+
+    @model_validator(mode="after")
+    def _hub_models_are_pinned(self) -> "ModelGroup":
+        if self.base.startswith(BUILTIN_PREFIX):
+            if self.base != "builtin:tiny":
+                raise ValueError(f"unknown builtin model {self.base!r}; the builtin model is 'builtin:tiny'")
+            return self
+        if not self.revision or not re.fullmatch(r"[0-9a-f]{40}", self.revision):
+            raise ValueError(
+                f"hub model {self.base!r} needs 'revision' pinned to a 40-character commit hash "
+                "(a branch name would make the run irreproducible)"
+            )
+        if "architecture" not in self.model_fields_set:
+            raise ValueError(
+                f"hub model {self.base!r} needs 'architecture' (hidden_size, num_layers, ... from its config.json) "
+                "so its memory can be estimated before download"
+            )
+        return self
+
+
+class TrainGroup(Group):
+    """Options shared by every training stage (they map onto ``transformers.TrainingArguments``)."""
+
+    max_steps: int = Field(100, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)
+    per_device_batch_size: int = Field(8, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    logging_steps: int = Field(10, gt=0)
+    save_steps: int = Field(50, gt=0, description="Checkpoint every N optimizer steps (a killed run resumes from the last one).")
+    gradient_checkpointing: bool | None = Field(None, description="None: chosen from the hardware.")
+    seed: int = 42
+
+
+class CptGroup(TrainGroup):
+    learning_rate: float = 3e-4
+
+
+class SftGroup(TrainGroup):
+    method: Literal["full", "lora", "qlora"] = "full"
+
+
+class RewardGroup(TrainGroup):
+    base: Literal["sft", "cpt", "base"] = Field("sft", description="Which model the reward model starts from.")
+    min_accuracy: float = Field(0.6, ge=0, le=1, description="Gate: pairwise accuracy on the eval split.")
+
+
+class RlhfGroup(TrainGroup):
+    algorithm: Literal["rloo", "grpo", "dpo"] = "rloo"
+    beta: float = Field(0.05, ge=0, description="KL penalty to the SFT reference (DPO: its temperature).")
+    num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (RLOO/GRPO).")
+    max_new_tokens: int = Field(32, gt=0)
+    temperature: float = Field(1.0, gt=0)
+
+
+class LoraGroup(Group):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class QuantizationGroup(Group):
+    bits: Literal[4, 8] = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    max_eval_loss_delta: float = Field(0.1, ge=0, description="Gate: quantized eval loss minus unquantized, at most this.")
+
+
+class DistributedGroup(Group):
+    processes: int = Field(1, gt=0, description="Training processes; >1 launches torchrun.")
+    deepspeed: str | None = Field(None, description="DeepSpeed JSON under configs/deepspeed/, used when processes > 1.")
+
+
+class ResourcesGroup(Group):
+    gpus: int = Field(0, ge=0)
+    gpu_memory_gb: float | None = Field(None, gt=0, description="Memory of one GPU; the memory estimate must fit in it.")
+    memory_gb: float | None = Field(None, gt=0)
+
+
+class TrackingGroup(Group):
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = []
+    run_name: str | None = None
+
+
+class Recipe(Group):
+    """A whole recipe file. ``cpt``/``reward``/``rlhf`` absent means the stage passes through."""
+
+    name: str
+    description: str = ""
+    data: DataGroup = DataGroup()
+    model: ModelGroup = ModelGroup()
+    cpt: CptGroup | None = None
+    sft: SftGroup = SftGroup()
+    reward: RewardGroup | None = RewardGroup()
+    rlhf: RlhfGroup | None = RlhfGroup()
+    lora: LoraGroup = LoraGroup()
+    quantization: QuantizationGroup | None = QuantizationGroup()
+    distributed: DistributedGroup = DistributedGroup()
+    resources: ResourcesGroup = ResourcesGroup()
+    tracking: TrackingGroup = TrackingGroup()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_partition_key(cls, v: str) -> str:
+        if not RECIPE_NAME.match(v):
+            raise ValueError("recipe names are lower-case letters, digits, '-' and '_' (they become partition keys)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Recipe":
+        if self.rlhf is not None and self.rlhf.algorithm in ("rloo", "grpo") and self.reward is None:
+            raise ValueError(f"rlhf.algorithm {self.rlhf.algorithm!r} needs a reward model: add a 'reward' group or use 'dpo'")
+        if self.distributed.processes > 1 and self.sft.method == "qlora" and self.distributed.deepspeed:
+            if "zero3" in self.distributed.deepspeed:
+                raise ValueError("QLoRA with ZeRO-3 is not supported by bitsandbytes 4-bit weights; use ZeRO-2")
+        return self
+
+    @property
+    def recipe_hash(self) -> str:
+        """sha256 of the resolved recipe (defaults included, comments and key order ignored)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _format_error(path: Path, err: dict[str, Any], model: type[BaseModel]) -> str:
+    loc = [str(p) for p in err["loc"]]
+    dotted = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], allowed, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        return f"{path}: unknown key '{dotted}'.{hint} Allowed keys here: {', '.join(sorted(allowed))}."
+    where = f"key '{dotted}'" if dotted else "the recipe"
+    return f"{path}: {where}: {err['msg']} (got {err.get('input')!r})" if dotted else f"{path}: {err['msg']}"
+
+
+def _allowed_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None:
+            break
+        candidates = [a for a in getattr(field.annotation, "__args__", (field.annotation,)) if isinstance(a, type)]
+        sub = next((a for a in candidates if issubclass(a, BaseModel)), None)
+        if sub is None:
+            break
+        model = sub
+    return list(model.model_fields)
+
+
+def parse_recipe(path: Path, text: str | None = None) -> Recipe:
+    """Parse and validate one recipe file; every problem becomes a ``RecipeError`` naming file and key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text() if text is None else text)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of groups (data, model, sft, ...), got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    if raw["name"] != path.stem:
+        raise RecipeError(f"{path}: 'name' is {raw['name']!r} but the file is {path.name}; they must match")
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError("\n".join(_format_error(path, err, Recipe) for err in e.errors())) from None
+    from llm_assets.training.memory import check_recipe_fits  # late: memory imports recipes
+
+    check_recipe_fits(recipe, path)
+    return recipe
+
+
+def recipe_files(directory: Path | None = None) -> list[Path]:
+    directory = directory or recipes_dir()
+    return sorted(p for p in directory.glob("*.yaml") if not p.name.startswith("."))
+
+
+def recipe_names(directory: Path | None = None) -> list[str]:
+    return [p.stem for p in recipe_files(directory)]
+
+
+def load_recipe(name: str, directory: Path | None = None) -> Recipe:
+    directory = directory or recipes_dir()
+    path = directory / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(recipe_names(directory)) or "none"
+        raise RecipeError(f"no recipe {name!r}: {path} does not exist (recipes here: {known})")
+    return parse_recipe(path)
+
+
+def load_all_recipes(directory: Path | None = None) -> dict[str, Recipe]:
+    return {p.stem: parse_recipe(p) for p in recipe_files(directory)}

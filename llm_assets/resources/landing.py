@@ -1,0 +1,130 @@
+"""The landing zone: ``<root>/{sft,preference,pretraining}/<file>``, each file one data drop.
+
+A drop's partition key is derived from its file name alone, so the same file always maps to
+the same partition, and names that could escape the directory or break a UI are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from dagster import ConfigurableResource
+from dagster_aws.s3 import S3Resource
+
+from llm_assets.resources.objects import Objects, open_objects
+
+KINDS = ("sft", "preference", "pretraining")
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+SIDECAR_SUFFIX = ".mapping.yaml"  # "<file>.mapping.yaml" overrides the detected format of "<file>"
+IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".uploading", "~")
+SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+class DropNameError(ValueError):
+    """A landed file whose name cannot become a partition key."""
+
+
+def drop_key(name: str) -> str:
+    """The partition key for a landed file name; refuses traversal and control characters."""
+    if "/" in name or "\\" in name:
+        raise DropNameError(f"{name!r}: landed file names may not contain path separators; put the file directly in the kind's folder")
+    if name in ("", ".", "..") or ".." in name:
+        raise DropNameError(f"{name!r}: '..' is not allowed in a landed file name; rename the file")
+    bad = [c for c in name if unicodedata.category(c)[0] == "C"]
+    if bad:
+        raise DropNameError(f"{name!r}: control character {bad[0]!r} in the file name; rename the file")
+    if SAFE_KEY.match(name):
+        return name
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", unicodedata.normalize("NFKD", name)).strip("._-")[:180] or "drop"
+    return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+@dataclass(frozen=True)
+class LandedFile:
+    kind: str
+    name: str
+    key: str
+    size: int
+    mtime: float
+    etag: str
+
+    @property
+    def path(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Scan:
+    files: list[LandedFile]
+    refused: list[tuple[str, str]]  # (name, why)
+
+
+class Landing:
+    def __init__(self, objects: Objects):
+        self.objects = objects
+
+    @property
+    def root(self) -> str:
+        return self.objects.root
+
+    def scan(self, kind: str) -> Scan:
+        if kind not in KINDS:
+            raise ValueError(f"unknown data kind {kind!r}; kinds are {', '.join(KINDS)}")
+        files, refused = [], []
+        for info in self.objects.list(kind):
+            name = info.path[len(kind) + 1:]
+            base = name.rsplit("/", 1)[-1]
+            if base.startswith(".") or base.endswith(IN_PROGRESS_SUFFIXES) or base.endswith(SIDECAR_SUFFIX):
+                continue
+            if not base.lower().endswith(DATA_SUFFIXES):
+                refused.append((name, f"unsupported file type; landed files end in {', '.join(DATA_SUFFIXES)}"))
+                continue
+            try:
+                key = drop_key(name)
+            except DropNameError as e:
+                refused.append((name, str(e)))
+                continue
+            files.append(LandedFile(kind, name, key, info.size, info.mtime, info.etag))
+        return Scan(files, refused)
+
+    def find(self, kind: str, key: str) -> LandedFile:
+        scan = self.scan(kind)
+        for f in scan.files:
+            if f.key == key:
+                return f
+        names = ", ".join(f.name for f in scan.files[:20]) or "none"
+        raise FileNotFoundError(
+            f"no file in {self.root}/{kind}/ maps to drop {key!r} (files there: {names}); "
+            "it may have been removed from the landing zone after the partition was created"
+        )
+
+    def read(self, f: LandedFile) -> bytes:
+        return self.objects.read_bytes(f.path)
+
+    def mapping_override(self, f: LandedFile) -> dict[str, Any]:
+        """The optional ``<file>.mapping.yaml`` beside a landed file (keys: format, columns)."""
+        path = f.path + SIDECAR_SUFFIX
+        if not self.objects.exists(path):
+            return {}
+        try:
+            data = yaml.safe_load(self.objects.read_bytes(path)) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{self.root}/{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict) or set(data) - {"format", "columns"}:
+            raise ValueError(f"{self.root}/{path}: a mapping override has only 'format' and 'columns' keys, got {data!r}")
+        return data
+
+
+class LandingZone(ConfigurableResource):
+    """Where data drops land: a directory or ``s3://bucket/prefix`` with one folder per kind."""
+
+    root: str
+    s3: S3Resource
+
+    def open(self) -> Landing:
+        return Landing(open_objects(self.root, self.s3.get_client))

@@ -1,0 +1,201 @@
+"""ArtifactStore: directories of files, committed atomically under a content-addressed version.
+
+Layout under the root (a local directory or ``s3://bucket/prefix``)::
+
+    <key>/versions/<version>/...files...      the artifact
+    <key>/versions/<version>/MANIFEST.json    file list with sha256; written last = the commit
+    <key>/LATEST                              the version most recently committed for <key>
+
+``version`` is the sha256 of the sorted (path, sha256) list, so the same content always gets
+the same version, and it is what assets report as their data version. A version without its
+MANIFEST.json (a writer killed half-way) is invisible to readers. Locally a commit is a
+rename of a fully written staging directory; on S3 the files are uploaded first and the
+manifest PUT last, which is atomic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dagster import ConfigurableResource
+from dagster_aws.s3 import S3Resource
+
+from llm_assets.paths import default_data_dir
+from llm_assets.resources.objects import LocalObjects, Objects, open_objects
+
+MANIFEST = "MANIFEST.json"
+LATEST = "LATEST"
+
+
+class ArtifactNotFound(LookupError):
+    pass
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    key: str
+    version: str
+    files: list[dict[str, Any]]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f["size"] for f in self.files)
+
+    def to_json(self) -> bytes:
+        body = {"key": self.key, "version": self.version, "files": self.files,
+                "metadata": self.metadata, "created_at": self.created_at}
+        return json.dumps(body, indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "Manifest":
+        d = json.loads(data)
+        return cls(d["key"], d["version"], d["files"], d.get("metadata", {}), d.get("created_at", 0.0))
+
+
+def build_manifest(key: str, directory: Path, metadata: dict[str, Any] | None = None) -> Manifest:
+    files = []
+    for p in sorted(directory.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            files.append({"path": p.relative_to(directory).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)})
+    if not files:
+        raise ValueError(f"refusing to commit an empty artifact for {key!r} (no files in {directory})")
+    version = hashlib.sha256("\n".join(f"{f['path']}\t{f['sha256']}" for f in files).encode()).hexdigest()
+    return Manifest(key, version, files, metadata or {}, time.time())
+
+
+@dataclass(frozen=True)
+class Artifact:
+    manifest: Manifest
+    path: Path  # a local directory holding the files
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+def _check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+        raise ValueError(f"artifact key {key!r} must be '/'-separated names with no '.', '..' or empty parts")
+    return key
+
+
+class Store:
+    """The artifact store itself, free of Dagster so the training side and tests can use it."""
+
+    def __init__(self, objects: Objects, cache_dir: Path | None = None):
+        self.objects = objects
+        self.cache_dir = cache_dir or default_data_dir() / "cache" / "artifacts"
+
+    @property
+    def root(self) -> str:
+        return self.objects.root
+
+    def commit(self, key: str, directory: Path, metadata: dict[str, Any] | None = None) -> Manifest:
+        """Commit every file under ``directory`` as a new version of ``key``, then point LATEST at it."""
+        _check_key(key)
+        manifest = build_manifest(key, Path(directory), metadata)
+        vdir = f"{key}/versions/{manifest.version}"
+        if not self.objects.exists(f"{vdir}/{MANIFEST}"):
+            if isinstance(self.objects, LocalObjects):
+                self._commit_local(Path(directory), vdir, manifest)
+            else:
+                for f in manifest.files:
+                    self.objects.upload(Path(directory) / f["path"], f"{vdir}/{f['path']}")
+                self.objects.write_bytes(f"{vdir}/{MANIFEST}", manifest.to_json())
+        self.objects.write_bytes(f"{key}/{LATEST}", manifest.version.encode())
+        return manifest
+
+    def _commit_local(self, directory: Path, vdir: str, manifest: Manifest) -> None:
+        objects: LocalObjects = self.objects  # type: ignore[assignment]
+        staging = objects.local_path(f".staging/{uuid.uuid4().hex}")
+        staging.mkdir(parents=True)
+        try:
+            for f in manifest.files:
+                dst = staging / f["path"]
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(directory / f["path"], dst)
+            (staging / MANIFEST).write_bytes(manifest.to_json())
+            target = objects.local_path(vdir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(staging, target)
+            except OSError:
+                if not (target / MANIFEST).exists():  # not a racing commit of the same content
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def commit_bytes(self, key: str, name: str, data: bytes, metadata: dict[str, Any] | None = None) -> Manifest:
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / name).write_bytes(data)
+            return self.commit(key, Path(tmp), metadata)
+
+    def latest_version(self, key: str) -> str | None:
+        _check_key(key)
+        if not self.objects.exists(f"{key}/{LATEST}"):
+            return None
+        return self.objects.read_bytes(f"{key}/{LATEST}").decode().strip()
+
+    def manifest(self, key: str, version: str | None = None) -> Manifest:
+        version = version or self.latest_version(key)
+        if version is None:
+            raise ArtifactNotFound(f"nothing has been committed to the artifact store for {key!r} (root {self.root})")
+        path = f"{key}/versions/{version}/{MANIFEST}"
+        if not self.objects.exists(path):
+            raise ArtifactNotFound(f"version {version} of {key!r} was never committed (no {MANIFEST})")
+        return Manifest.from_json(self.objects.read_bytes(path))
+
+    def get(self, key: str, version: str | None = None) -> Artifact:
+        """A local directory with the files of a committed version (downloaded and verified for S3)."""
+        manifest = self.manifest(key, version)
+        vdir = f"{key}/versions/{manifest.version}"
+        if isinstance(self.objects, LocalObjects):
+            return Artifact(manifest, self.objects.local_path(vdir))
+        local = self.cache_dir / vdir
+        if not (local / MANIFEST).exists():
+            tmp = self.cache_dir / ".partial" / uuid.uuid4().hex
+            for f in manifest.files:
+                self.objects.download(f"{vdir}/{f['path']}", tmp / f["path"])
+                if sha256_file(tmp / f["path"]) != f["sha256"]:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise IOError(f"{self.root}/{vdir}/{f['path']} does not match its manifest sha256; the store is corrupt")
+            (tmp / MANIFEST).write_bytes(manifest.to_json())
+            local.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(tmp, local)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)  # a concurrent reader put it there first
+        return Artifact(manifest, local)
+
+
+class ArtifactStore(ConfigurableResource):
+    """Where every asset's files live: ``root`` is a directory or ``s3://bucket/prefix``."""
+
+    root: str
+    s3: S3Resource
+
+    def open(self) -> Store:
+        return Store(open_objects(self.root, self.s3.get_client))

@@ -1,0 +1,85 @@
+import hashlib
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+
+from llm_assets.resources.objects import LocalObjects, S3Objects
+from llm_assets.resources.store import MANIFEST, ArtifactNotFound, Store
+
+
+def make_dir(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return Store(LocalObjects(tmp_path / "store"), cache_dir=tmp_path / "cache")
+    endpoint = request.getfixturevalue("s3_endpoint")
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    bucket = f"b{hashlib.sha1(str(tmp_path).encode()).hexdigest()[:12]}"
+    client.create_bucket(Bucket=bucket)
+    return Store(S3Objects(f"s3://{bucket}/artifacts", client), cache_dir=tmp_path / "cache")
+
+
+def test_commit_and_get_round_trip_with_verified_manifest(store, tmp_path):
+    src = make_dir(tmp_path / "src", {"model.safetensors": b"w" * 1000, "sub/config.json": b"{}"})
+    m = store.commit("models/sft/tiny", src, {"stage": "sft"})
+    assert store.latest_version("models/sft/tiny") == m.version
+    art = store.get("models/sft/tiny")
+    assert art.file("model.safetensors").read_bytes() == b"w" * 1000
+    assert (art.path / "sub/config.json").read_bytes() == b"{}"
+    manifest = json.loads((art.path / MANIFEST).read_text())
+    assert {f["path"] for f in manifest["files"]} == {"model.safetensors", "sub/config.json"}
+    assert manifest["files"][0]["sha256"] == hashlib.sha256(b"w" * 1000).hexdigest()
+    assert art.manifest.metadata == {"stage": "sft"}
+
+
+def test_version_is_the_content_hash(store, tmp_path):
+    a = store.commit("k/a", make_dir(tmp_path / "a", {"f": b"1"}))
+    b = store.commit("k/b", make_dir(tmp_path / "b", {"f": b"1"}))
+    c = store.commit("k/a", make_dir(tmp_path / "c", {"f": b"2"}))
+    assert a.version == b.version != c.version
+    assert store.latest_version("k/a") == c.version
+    assert store.get("k/a", a.version).file("f").read_bytes() == b"1"  # older versions stay readable
+
+
+def test_uncommitted_version_is_invisible(store, tmp_path):
+    """A writer killed after uploading files but before the manifest leaves nothing a reader can see."""
+    store.objects.write_bytes("k/x/versions/deadbeef/model.bin", b"partial")
+    with pytest.raises(ArtifactNotFound, match="nothing has been committed"):
+        store.get("k/x")
+    with pytest.raises(ArtifactNotFound, match="never committed"):
+        store.get("k/x", "deadbeef")
+
+
+def test_empty_artifact_and_bad_keys_are_refused(store, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty artifact"):
+        store.commit("k/e", tmp_path / "empty")
+    for key in ("../escape", "a//b", "a/./b", ".hidden"):
+        with pytest.raises(ValueError, match="must be"):
+            store.commit(key, make_dir(tmp_path / "s", {"f": b"1"}))
+
+
+def test_local_commit_leaves_no_staging_behind(tmp_path):
+    store = Store(LocalObjects(tmp_path / "store"))
+    store.commit("k", make_dir(tmp_path / "src", {"f": b"1"}))
+    store.commit("k", make_dir(tmp_path / "src", {"f": b"1"}))  # same content twice: idempotent
+    assert list((tmp_path / "store" / ".staging").iterdir()) == []
+    assert len(list((tmp_path / "store" / "k" / "versions").iterdir())) == 1
+
+
+def test_s3_download_is_verified_against_the_manifest(s3_endpoint, tmp_path):
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket="verify")
+    store = Store(S3Objects("s3://verify/p", client), cache_dir=tmp_path / "cache")
+    m = store.commit("k", make_dir(tmp_path / "src", {"f": b"good"}))
+    client.put_object(Bucket="verify", Key=f"p/k/versions/{m.version}/f", Body=b"evil")
+    with pytest.raises(IOError, match="does not match its manifest"):
+        store.get("k")
