@@ -1,0 +1,198 @@
+"""The formats people actually have, detected from their columns and mapped to canonical rows.
+
+Canonical rows (what every dataset asset stores):
+
+* sft:         ``prompt`` (list of ``{role, content}`` messages), ``completion`` (the assistant reply)
+* preference:  ``prompt`` (messages), ``chosen``, ``rejected`` (assistant replies)
+* pretraining: ``text``
+
+Source fields that a format does not use are kept in ``meta`` (JSON), never dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+ROLES = ("system", "user", "assistant")
+
+
+class RowError(ValueError):
+    """One row that cannot be mapped; ``reason`` is a short code, the message says why."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class FormatError(ValueError):
+    """The file's format is unknown or ambiguous."""
+
+
+def user(content: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": content}]
+
+
+def _join(*parts: str | None) -> str:
+    return "\n\n".join(p for p in parts if p and p.strip())
+
+
+def _map_prompt_completion(r: dict[str, Any]) -> dict[str, Any]:
+    return {"prompt": user(r["prompt"]), "completion": r["completion"]}
+
+
+def _map_alpaca(r: dict[str, Any]) -> dict[str, Any]:
+    return {"prompt": user(_join(r["instruction"], r.get("input"))), "completion": r["output"]}
+
+
+def _map_dolly(r: dict[str, Any]) -> dict[str, Any]:
+    return {"prompt": user(_join(r["instruction"], r.get("context"))), "completion": r["response"]}
+
+
+def _map_chat(r: dict[str, Any]) -> dict[str, Any]:
+    msgs = r["messages"]
+    *prompt, last = msgs
+    return {"prompt": [{"role": m["role"], "content": m["content"]} for m in prompt], "completion": last["content"]}
+
+
+def _map_preference(r: dict[str, Any]) -> dict[str, Any]:
+    prompt = r["prompt"]
+    return {"prompt": user(prompt) if isinstance(prompt, str) else prompt, "chosen": r["chosen"], "rejected": r["rejected"]}
+
+
+HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+def parse_hh_dialogue(text: str) -> list[dict[str, str]]:
+    """Split an HH-RLHF transcript ("\\n\\nHuman: ...\\n\\nAssistant: ...") into messages."""
+    parts = HH_TURN.split(text)
+    if parts[0].strip():
+        raise RowError("bad_dialogue", f"text before the first '\\n\\nHuman:' turn: {parts[0][:60]!r}")
+    turns = []
+    for speaker, content in zip(parts[1::2], parts[2::2]):
+        turns.append({"role": "user" if speaker == "Human" else "assistant", "content": content.strip()})
+    if not turns:
+        raise RowError("bad_dialogue", "no '\\n\\nHuman:' / '\\n\\nAssistant:' turns found")
+    return turns
+
+
+def _map_hh_rlhf(r: dict[str, Any]) -> dict[str, Any]:
+    chosen, rejected = parse_hh_dialogue(r["chosen"]), parse_hh_dialogue(r["rejected"])
+    for field, turns in (("chosen", chosen), ("rejected", rejected)):
+        if turns[-1]["role"] != "assistant":
+            raise RowError("bad_dialogue", f"'{field}' does not end with an Assistant turn")
+    if chosen[:-1] != rejected[:-1]:
+        at = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)) - 1)
+        raise RowError(
+            "prompt_mismatch",
+            f"'chosen' and 'rejected' differ at turn {at + 1}, before their final Assistant turn: "
+            "a preference pair must share its prompt",
+        )
+    for field, turns in (("chosen", chosen), ("rejected", rejected)):
+        if not turns[-1]["content"]:
+            raise RowError("empty_text", f"the final Assistant turn of '{field}' is empty")
+    return {"prompt": chosen[:-1], "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}
+
+
+def _map_text(r: dict[str, Any]) -> dict[str, Any]:
+    return {"text": r["text"]}
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    kind: str
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+    text_fields: tuple[str, ...]  # source fields that must be non-empty strings
+    mapper: Callable[[dict[str, Any]], dict[str, Any]]
+    description: str
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.required + self.optional
+
+
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in [
+        Format("prompt_completion", "sft", ("prompt", "completion"), (), ("prompt", "completion"), _map_prompt_completion, "prompt / completion"),
+        Format("alpaca", "sft", ("instruction", "output"), ("input",), ("instruction", "output"), _map_alpaca, "alpaca: instruction / input / output"),
+        Format("dolly", "sft", ("instruction", "response"), ("context",), ("instruction", "response"), _map_dolly, "dolly: instruction / context / response"),
+        Format("chat", "sft", ("messages",), (), (), _map_chat, "chat: messages = [{role, content}, ...] ending with the assistant turn"),
+        Format("preference", "preference", ("prompt", "chosen", "rejected"), (), ("prompt", "chosen", "rejected"), _map_preference, "prompt / chosen / rejected"),
+        Format("hh_rlhf", "preference", ("chosen", "rejected"), (), ("chosen", "rejected"), _map_hh_rlhf, "HH-RLHF: chosen / rejected dialogues with '\\n\\nHuman:' / '\\n\\nAssistant:' turns"),
+        Format("text", "pretraining", ("text",), (), ("text",), _map_text, "text"),
+    ]
+}
+
+CANONICAL = {"sft": ("prompt", "completion"), "preference": ("prompt", "chosen", "rejected"), "pretraining": ("text",)}
+
+
+def formats_for(kind: str) -> list[Format]:
+    return [f for f in FORMATS.values() if f.kind == kind]
+
+
+def _known(kind: str) -> str:
+    return "; ".join(f"{f.name} ({f.description})" for f in formats_for(kind))
+
+
+def detect_format(kind: str, rows: list[dict[str, Any]], columns_seen: list[str]) -> Format:
+    """The format whose required columns most rows have; ties between unrelated formats are ambiguous."""
+    candidates = formats_for(kind)
+    counts = {f.name: sum(1 for r in rows if all(c in r for c in f.required)) for f in candidates}
+    best = max(counts.values(), default=0)
+    if best == 0:
+        raise FormatError(
+            f"unknown {kind} format: columns found {sorted(columns_seen)}; known {kind} formats: {_known(kind)}. "
+            "Rename the columns, or add '<file>.mapping.yaml' with 'format:' and 'columns: {canonical: yours}'"
+        )
+    tied = [FORMATS[n] for n, c in counts.items() if c == best]
+    # A format whose columns contain another's is the more specific reading (prompt/chosen/rejected vs chosen/rejected).
+    tied = [f for f in tied if not any(set(f.required) < set(g.required) for g in tied)]
+    if len(tied) > 1:
+        raise FormatError(
+            f"ambiguous {kind} format: columns found {sorted(columns_seen)} fit {', '.join(f.name for f in tied)} equally. "
+            "Say which in '<file>.mapping.yaml' (format: NAME)"
+        )
+    return tied[0]
+
+
+def resolve_format(kind: str, override: dict[str, Any], rows: list[dict[str, Any]], columns_seen: list[str]) -> Format:
+    name = override.get("format")
+    if name is None:
+        return detect_format(kind, rows, columns_seen)
+    fmt = FORMATS.get(name)
+    if fmt is None or fmt.kind != kind:
+        raise FormatError(f"mapping override names format {name!r}, which is not a {kind} format; known: {_known(kind)}")
+    return fmt
+
+
+def rename_columns(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
+    """Apply an override ``columns: {canonical_name: source_name}``."""
+    if not columns:
+        return row
+    out = {k: v for k, v in row.items() if k not in columns.values()}
+    for canonical, source in columns.items():
+        if source in row:
+            out[canonical] = row[source]
+    return out
+
+
+def check_messages(value: Any, *, final_role: str | None = "assistant") -> str | None:
+    """Why a message list is malformed, or None when it is well formed."""
+    if not isinstance(value, list) or not value:
+        return f"must be a non-empty list of {{role, content}} messages, got {type(value).__name__}"
+    for i, m in enumerate(value, start=1):
+        if not isinstance(m, dict) or set(m) - {"role", "content", "name"} or "role" not in m or "content" not in m:
+            return f"message {i} must be an object with 'role' and 'content'"
+        if m["role"] not in ROLES:
+            return f"message {i} has role {m['role']!r}; roles are {', '.join(ROLES)}"
+        if not isinstance(m["content"], str) or not m["content"].strip():
+            return f"message {i} has empty or non-string content"
+    if final_role and value[-1]["role"] != final_role:
+        return f"the last message must be the {final_role} reply, got role {value[-1]['role']!r}"
+    if not any(m["role"] == "user" for m in value):
+        return "no user message"
+    return None

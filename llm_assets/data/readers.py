@@ -1,0 +1,159 @@
+"""Read a landed file into rows, one bad row never taking good rows down with it.
+
+Every row keeps its source row number (1-based line for JSONL, data row for CSV after the
+header, element for a JSON array, row for Parquet) so a quarantined row can be found in the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+RAW_EXCERPT = 300
+
+
+class UnreadableFile(ValueError):
+    """The file as a whole cannot be read (empty, not JSON at all, corrupt Parquet)."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    source_row: int
+    reason: str  # a short code, grouped in the UI
+    detail: str  # the sentence a person reads: what is wrong and where
+    raw: str = ""
+
+
+@dataclass
+class ReadResult:
+    rows: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    blank_lines: int = 0
+    columns_seen: list[str] = field(default_factory=list)
+
+
+def excerpt(text: str) -> str:
+    return text if len(text) <= RAW_EXCERPT else text[:RAW_EXCERPT] + f"... [{len(text):,} characters]"
+
+
+def _decode(raw: bytes, row: int) -> tuple[str | None, Rejection | None]:
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        shown = raw.decode("utf-8", errors="replace")
+        return None, Rejection(row, "not_utf8", f"row {row}: byte {e.start} is not valid UTF-8 ({raw[e.start:e.start + 1]!r}); re-encode the file as UTF-8", excerpt(shown))
+
+
+def read_jsonl(data: bytes) -> ReadResult:
+    out = ReadResult()
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for i, raw in enumerate(lines, start=1):
+        raw = raw.rstrip(b"\r")
+        if not raw.strip():
+            out.blank_lines += 1
+            continue
+        text, rej = _decode(raw, i)
+        if rej:
+            out.rejected.append(rej)
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            out.rejected.append(Rejection(i, "malformed_json", f"line {i}: not valid JSON: {e.msg} at column {e.colno}", excerpt(text)))
+            continue
+        if not isinstance(obj, dict):
+            out.rejected.append(Rejection(i, "not_an_object", f"line {i}: expected a JSON object, got {type(obj).__name__}", excerpt(text)))
+            continue
+        out.rows.append((i, obj))
+    return out
+
+
+def read_json_array(data: bytes) -> ReadResult:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UnreadableFile(f"byte {e.start} is not valid UTF-8; a .json drop must be UTF-8 as a whole (re-encode it, or use .jsonl)") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UnreadableFile(
+            f"not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}. A .json drop is one array of objects; "
+            "use .jsonl (one object per line) so that one bad record does not make the whole file unreadable"
+        ) from None
+    if isinstance(obj, dict):
+        obj = next((v for v in obj.values() if isinstance(v, list)), None) if len(obj) == 1 else None
+    if not isinstance(obj, list):
+        raise UnreadableFile("a .json drop must be an array of objects (or an object with a single array field)")
+    out = ReadResult()
+    for i, item in enumerate(obj, start=1):
+        if isinstance(item, dict):
+            out.rows.append((i, item))
+        else:
+            out.rejected.append(Rejection(i, "not_an_object", f"element {i}: expected a JSON object, got {type(item).__name__}", excerpt(json.dumps(item)[:RAW_EXCERPT])))
+    return out
+
+
+def read_csv(data: bytes) -> ReadResult:
+    text = data.decode("utf-8", errors="surrogateescape")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise UnreadableFile("the CSV file has no header row") from None
+    header = [h.strip() for h in header]
+    if len(set(header)) != len(header) or any(not h for h in header):
+        raise UnreadableFile(f"the CSV header must name every column once, got {header}")
+    out = ReadResult(columns_seen=header)
+    for i, fields in enumerate(reader, start=1):
+        if not fields or all(not f.strip() for f in fields):
+            out.blank_lines += 1
+            continue
+        joined = ",".join(fields)
+        if any("\udc80" <= ch <= "\udcff" for ch in joined):
+            raw = joined.encode("utf-8", errors="surrogateescape")
+            _, rej = _decode(raw, i)
+            out.rejected.append(rej or Rejection(i, "not_utf8", f"row {i}: not valid UTF-8"))
+            continue
+        if len(fields) != len(header):
+            out.rejected.append(Rejection(i, "ragged_row", f"row {i}: {len(fields)} fields but the header has {len(header)} ({', '.join(header)})", excerpt(joined)))
+            continue
+        out.rows.append((i, dict(zip(header, fields))))
+    return out
+
+
+def read_parquet(data: bytes) -> ReadResult:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        raise UnreadableFile(f"not a readable Parquet file: {e}") from None
+    out = ReadResult(columns_seen=table.column_names)
+    for i, row in enumerate(table.to_pylist(), start=1):
+        out.rows.append((i, row))
+    return out
+
+
+READERS = {".jsonl": read_jsonl, ".json": read_json_array, ".csv": read_csv, ".parquet": read_parquet}
+
+
+def read_rows(name: str, data: bytes) -> ReadResult:
+    suffix = "." + name.lower().rsplit(".", 1)[-1]
+    if suffix not in READERS:
+        raise UnreadableFile(f"unsupported file type {suffix!r}; use one of {', '.join(READERS)}")
+    if not data.strip():
+        raise UnreadableFile("the file is empty: there are no rows to ingest")
+    result = READERS[suffix](data)
+    if not result.columns_seen:
+        seen: dict[str, None] = {}
+        for _, row in result.rows:
+            seen.update(dict.fromkeys(row))
+        result.columns_seen = list(seen)
+    return result
