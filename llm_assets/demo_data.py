@@ -126,7 +126,7 @@ def write_demo_drops(landing: Path, seed: int = 0, scale: float = 1.0) -> list[P
     files = {
         landing / "sft" / "demo_word_tasks.jsonl": with_defects(sft_rows(n(1600), seed)),
         landing / "sft" / "demo_word_tasks_chat.jsonl": _jsonl(chat_rows(n(400), seed + 1)),
-        landing / "preference" / "demo_preferences.jsonl": _jsonl(preference_rows(n(1200), seed + 2)),
+        landing / "preference" / "demo_preferences.jsonl": _jsonl(preference_rows(n(3000), seed + 2)),
         landing / "pretraining" / "demo_corpus.jsonl": _jsonl(corpus_rows(n(1000), seed + 3)),
     }
     for path, text in files.items():

@@ -1,0 +1,128 @@
+"""What every training stage shares: trainer arguments from a recipe group, checkpoints, saving."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llm_assets.paths import project_root
+from llm_assets.recipes import Recipe, TrainGroup
+from llm_assets.training.hardware import Hardware, choose
+from llm_assets.training.spec import StageSpec
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# A checkpoint is complete when the Trainer wrote all of these (trainer_state.json is written last).
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+
+
+def hardware_for(recipe: Recipe, group: TrainGroup | None = None) -> Hardware:
+    from llm_assets.training.memory import parameter_count
+
+    hw = choose(recipe.model.dtype, group.gradient_checkpointing if group else None, recipe.model.attn_implementation,
+                large_model=parameter_count(recipe.model.architecture) > 1e9)
+    torch.set_num_threads(hw.threads)
+    return hw
+
+
+def last_complete_checkpoint(directory: str | None) -> str | None:
+    """The newest checkpoint a killed run left whole; half-written ones are ignored."""
+    if not directory or not Path(directory).is_dir():
+        return None
+    done = []
+    for p in Path(directory).iterdir():
+        m = CHECKPOINT.match(p.name)
+        if m and all((p / f).exists() for f in CHECKPOINT_FILES) and any(p.glob("rng_state*.pth")):
+            done.append((int(m.group(1)), p))
+    return str(max(done)[1]) if done else None
+
+
+def trainer_args(group: TrainGroup, spec: StageSpec, hw: Hardware, **extra: Any) -> dict[str, Any]:
+    """Keyword arguments for a TRL config (they all extend ``TrainingArguments``)."""
+    recipe = spec.parsed_recipe
+    output = spec.checkpoint_dir or str(Path(spec.output_dir).parent / f".{Path(spec.output_dir).name}-checkpoints")
+    kw: dict[str, Any] = dict(
+        output_dir=output,
+        max_steps=group.max_steps,
+        learning_rate=group.learning_rate,
+        per_device_train_batch_size=group.per_device_batch_size,
+        gradient_accumulation_steps=group.gradient_accumulation_steps,
+        warmup_steps=int(group.warmup_ratio * group.max_steps),
+        weight_decay=group.weight_decay,
+        lr_scheduler_type=group.lr_scheduler,
+        logging_steps=group.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=group.save_steps,
+        save_total_limit=2,
+        seed=group.seed,
+        data_seed=group.seed,
+        report_to=list(recipe.tracking.report_to) or "none",
+        run_name=recipe.tracking.run_name or f"{recipe.name}-{spec.stage}",
+        bf16=hw.dtype == "bfloat16",
+        fp16=hw.dtype == "float16",
+        use_cpu=hw.device == "cpu",
+        gradient_checkpointing=hw.gradient_checkpointing,
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+        eval_strategy="no",
+    )
+    if recipe.distributed.processes > 1:
+        if recipe.distributed.deepspeed:
+            path = Path(recipe.distributed.deepspeed)
+            kw["deepspeed"] = str(path if path.is_absolute() else project_root() / path)
+        if hw.device == "cpu":
+            kw["ddp_backend"] = "gloo"
+    kw.update(extra)
+    return kw
+
+
+def quiet(trainer):
+    """Our LogCallback reports each logging step; the Trainer's own printer would repeat it as raw dicts."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+def model_kwargs(hw: Hardware) -> dict[str, Any]:
+    return {"dtype": hw.torch_dtype, "attn_implementation": hw.attn_implementation}
+
+
+def lora_config(recipe: Recipe, task_type: str = "CAUSAL_LM"):
+    from peft import LoraConfig
+
+    lo = recipe.lora
+    return LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=lo.target_modules, task_type=task_type)
+
+
+def quantization_config(bits: int, compute_dtype: torch.dtype, quant_type: str = "nf4", double_quant: bool = True):
+    from transformers import BitsAndBytesConfig
+
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_use_double_quant=double_quant,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def save_outputs(output_dir: str | Path, model, tokenizer, metrics: dict[str, Any]) -> None:
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+
+
+def copy_model_dir(src: str | Path, dst: str | Path) -> None:
+    shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("MANIFEST.json", "metrics.json"))

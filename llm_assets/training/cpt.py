@@ -1,0 +1,42 @@
+"""Stage ``cpt``: continued pre-training on the pre-training corpus (language-model loss on all tokens)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trl import SFTConfig, SFTTrainer
+
+from llm_assets.training.common import hardware_for, last_complete_checkpoint, quiet, save_outputs, trainer_args
+from llm_assets.training.data import load_rows, text_dataset
+from llm_assets.training.evaluate import text_loss
+from llm_assets.training.models import load_causal_lm, load_tokenizer
+from llm_assets.training.report import LogCallback, Reporter
+from llm_assets.training.spec import StageSpec
+
+
+def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
+    recipe = spec.parsed_recipe
+    group = recipe.cpt
+    hw = hardware_for(recipe, group)
+    parent = spec.inputs["model"]
+    train = load_rows(spec.datasets["pretraining"], "train")
+    held_out = [r["text"] for r in load_rows(spec.datasets["pretraining"], "eval", spec.options.get("eval_limit"))]
+    tok, model = load_tokenizer(parent), load_causal_lm(parent, hw.torch_dtype)
+    before = text_loss(model, tok, held_out, recipe.data.max_length)["eval_loss"]
+    reporter.log(f"[cpt] {len(train)} documents, {hw.why}; parent eval loss {before:.4f}")
+
+    args = SFTConfig(**trainer_args(group, spec, hw), max_length=recipe.data.max_length, dataset_text_field="text",
+                     packing=recipe.data.packing, completion_only_loss=False)
+    callback = LogCallback(reporter, "cpt")
+    trainer = quiet(SFTTrainer(model=model, args=args, train_dataset=text_dataset(train), processing_class=tok, callbacks=[callback]))
+    resume = last_complete_checkpoint(args.output_dir)
+    if resume:
+        reporter.log(f"[cpt] resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    after = text_loss(trainer.model, tok, held_out, recipe.data.max_length)["eval_loss"]
+    metrics = {"parent_eval_loss": before, "eval_loss": after, "train_loss": result.training_loss,
+               "steps": trainer.state.global_step, "train_documents": len(train), "resumed_from": resume or "",
+               "tokens_seen": trainer.state.num_input_tokens_seen, "hardware": hw.as_dict(), "log_history": callback.history}
+    save_outputs(spec.output_dir, trainer.model, tok, metrics)
+    return metrics

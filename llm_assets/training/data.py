@@ -1,0 +1,49 @@
+"""Canonical dataset rows (from the dataset assets' Parquet files) into what the TRL trainers take."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from datasets import Dataset
+
+
+def load_rows(paths: list[str], split: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """Rows of every drop, de-duplicated across drops by content hash (the first drop wins)."""
+    rows, seen = [], set()
+    for path in paths:
+        for row in pq.read_table(Path(path)).to_pylist():
+            if (split is None or row["split"] == split) and row["row_hash"] not in seen:
+                seen.add(row["row_hash"])
+                rows.append(row)
+    rows.sort(key=lambda r: r["row_hash"])  # independent of drop order: same data, same run
+    return rows[:limit] if limit else rows
+
+
+def plain(messages: list[dict[str, str]]) -> str:
+    return "\n".join(m["content"] for m in messages) + "\n"
+
+
+def sft_dataset(rows: list[dict[str, Any]], template: str) -> Dataset:
+    if template == "plain":
+        return Dataset.from_list([{"prompt": plain(r["prompt"]), "completion": r["completion"]} for r in rows])
+    return Dataset.from_list([{"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["completion"]}]} for r in rows])
+
+
+def preference_dataset(rows: list[dict[str, Any]], template: str) -> Dataset:
+    if template == "plain":
+        return Dataset.from_list([{"prompt": plain(r["prompt"]), "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])
+    return Dataset.from_list([
+        {"prompt": r["prompt"], "chosen": [{"role": "assistant", "content": r["chosen"]}],
+         "rejected": [{"role": "assistant", "content": r["rejected"]}]}
+        for r in rows
+    ])
+
+
+def prompt_dataset(rows: list[dict[str, Any]], template: str) -> Dataset:
+    return Dataset.from_list([{"prompt": plain(r["prompt"]) if template == "plain" else r["prompt"]} for r in rows])
+
+
+def text_dataset(rows: list[dict[str, Any]]) -> Dataset:
+    return Dataset.from_list([{"text": r["text"]} for r in rows])

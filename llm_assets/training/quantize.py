@@ -1,0 +1,67 @@
+"""Stage ``quantize``: LoRA merged into its base, then bitsandbytes 4-bit NF4 (or 8-bit).
+
+Reports the file-size ratio, the bytes of the quantized linear layers against their fp32 bytes,
+and the eval-loss delta against the unquantized model on the SFT held-out replies.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from llm_assets.training.common import quantization_config, save_outputs
+from llm_assets.training.data import load_rows
+from llm_assets.training.evaluate import completion_loss
+from llm_assets.training.models import load_causal_lm, load_tokenizer
+from llm_assets.training.report import Reporter
+from llm_assets.training.spec import StageSpec
+
+
+def weights_bytes(directory: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(directory).glob("*.safetensors"))
+
+
+def linear_bytes(model: torch.nn.Module) -> int:
+    """Bytes held by the weights of the decoder's linear layers (quantized or not)."""
+    total = 0
+    for name, module in model.named_modules():
+        if name.endswith("lm_head") or not hasattr(module, "weight") or module.weight is None:
+            continue
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt"):
+            w = module.weight
+            total += w.numel() * w.element_size()
+            state = getattr(w, "quant_state", None)
+            if state is not None:  # 4-bit absmax constants (double-quantized or not)
+                total += state.absmax.numel() * state.absmax.element_size()
+    return total
+
+
+def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
+    recipe = spec.parsed_recipe
+    q = recipe.quantization
+    source = spec.inputs["model"]
+    tok = load_tokenizer(source)
+    held_out = load_rows(spec.datasets["sft"], "eval", spec.options.get("eval_limit"))
+    with tempfile.TemporaryDirectory() as tmp:
+        merged = load_causal_lm(source, torch.float32)
+        merged.save_pretrained(tmp)
+        reference = completion_loss(merged, tok, held_out, recipe.data.chat_template, recipe.data.max_length)["eval_loss"]
+        fp32_linear = linear_bytes(merged)
+        qc = quantization_config(q.bits, torch.float32, q.quant_type, q.double_quant)
+        quantized = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=qc, device_map="cpu" if not torch.cuda.is_available() else "auto")
+        loss = completion_loss(quantized, tok, held_out, recipe.data.chat_template, recipe.data.max_length)["eval_loss"]
+        full_size = weights_bytes(tmp)
+        metrics = {"bits": q.bits, "quant_type": q.quant_type if q.bits == 4 else "int8", "unquantized_eval_loss": reference,
+                   "eval_loss": loss, "eval_loss_delta": loss - reference, "unquantized_bytes": full_size,
+                   "linear_bytes_ratio": linear_bytes(quantized) / fp32_linear}
+        save_outputs(spec.output_dir, quantized, tok, metrics)
+    metrics["quantized_bytes"] = weights_bytes(spec.output_dir)
+    metrics["size_ratio"] = metrics["quantized_bytes"] / full_size
+    save_outputs(spec.output_dir, quantized, tok, metrics)
+    reporter.log(f"[quantize] {q.bits}-bit: {full_size:,} -> {metrics['quantized_bytes']:,} bytes ({metrics['size_ratio']:.2f}x), "
+                 f"linear layers {metrics['linear_bytes_ratio']:.2f}x, eval loss {reference:.4f} -> {loss:.4f}")
+    return metrics

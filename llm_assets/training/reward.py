@@ -1,0 +1,54 @@
+"""Stage ``reward``: a pairwise (Bradley-Terry) reward model, a sequence-classification head on
+the SFT model (or the model ``reward.base`` names), trained with TRL's RewardTrainer."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+from trl import RewardConfig, RewardTrainer
+
+from llm_assets.training.common import hardware_for, last_complete_checkpoint, lora_config, quiet, save_outputs, trainer_args
+from llm_assets.training.data import load_rows, preference_dataset
+from llm_assets.training.evaluate import pairwise_accuracy
+from llm_assets.training.models import is_adapter, load_causal_lm, load_reward_model, load_tokenizer
+from llm_assets.training.report import LogCallback, Reporter
+from llm_assets.training.spec import StageSpec
+
+
+def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
+    recipe = spec.parsed_recipe
+    group = recipe.reward
+    hw = hardware_for(recipe, group)
+    init = spec.inputs["model"]
+    template = recipe.data.chat_template
+    train = load_rows(spec.datasets["preference"], "train")
+    held_out = load_rows(spec.datasets["preference"], "eval", spec.options.get("eval_limit"))
+    tok = load_tokenizer(init)
+    with tempfile.TemporaryDirectory() as merged:
+        if is_adapter(init):  # a LoRA SFT model: merge it so the reward model starts from the fine-tuned weights
+            load_causal_lm(init).save_pretrained(merged)
+            init = merged
+        model = load_reward_model(init, hw.torch_dtype)
+    model.config.pad_token_id = tok.pad_token_id
+    before = pairwise_accuracy(model, tok, held_out, template, recipe.data.max_length)
+    reporter.log(f"[reward] {len(train)} pairs, {hw.why}; untrained head accuracy {before['reward_accuracy']:.1%}")
+
+    args = RewardConfig(**trainer_args(group, spec, hw, include_num_input_tokens_seen="no"), max_length=recipe.data.max_length)
+    callback = LogCallback(reporter, "reward")
+    trainer = quiet(RewardTrainer(model=model, args=args, train_dataset=preference_dataset(train, template), processing_class=tok,
+                                  peft_config=lora_config(recipe, "SEQ_CLS") if recipe.sft.method != "full" else None, callbacks=[callback]))
+    resume = last_complete_checkpoint(args.output_dir)
+    if resume:
+        reporter.log(f"[reward] resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
+    final = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
+
+    after = pairwise_accuracy(final, tok, held_out, template, recipe.data.max_length)
+    metrics = {"parent_reward_accuracy": before["reward_accuracy"], "reward_accuracy": after["reward_accuracy"],
+               "reward_margin": after["reward_margin"], "eval_pairs": after["pairs"], "train_pairs": len(train),
+               "train_loss": result.training_loss, "steps": trainer.state.global_step, "resumed_from": resume or "",
+               "hardware": hw.as_dict(), "log_history": callback.history}
+    save_outputs(spec.output_dir, final, tok, metrics)
+    reporter.log(f"[reward] pairwise accuracy {before['reward_accuracy']:.1%} -> {after['reward_accuracy']:.1%}")
+    return metrics

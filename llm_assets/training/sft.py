@@ -1,0 +1,82 @@
+"""Stage ``sft``: supervised fine-tuning, full / LoRA / QLoRA, loss on the completion only.
+
+Checkpoints every ``sft.save_steps`` into the run's checkpoint directory; launched again with the
+same spec (same inputs, same recipe) it resumes from the last complete checkpoint with the
+optimizer, scheduler, RNG and data position the Trainer saved.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoModelForCausalLM
+from trl import SFTConfig, SFTTrainer
+
+from llm_assets.training.common import (
+    hardware_for, last_complete_checkpoint, quiet, lora_config, model_kwargs, quantization_config, save_outputs, trainer_args,
+)
+from llm_assets.training.data import load_rows, sft_dataset
+from llm_assets.training.evaluate import completion_loss, exact_match
+from llm_assets.training.models import load_causal_lm, load_tokenizer, parameter_count
+from llm_assets.training.report import LogCallback, Reporter
+from llm_assets.training.spec import StageSpec
+
+
+def measure(model, tok, rows, recipe) -> dict[str, Any]:
+    out = completion_loss(model, tok, rows, recipe.data.chat_template, recipe.data.max_length)
+    em = exact_match(model, tok, rows, recipe.data.chat_template)
+    return {**out, "exact_match": em["exact_match"], "samples": em["samples"]}
+
+
+def load_for_training(parent: str, method: str, recipe, hw):
+    if method == "qlora":
+        q = recipe.quantization
+        qc = quantization_config(4, hw.torch_dtype, q.quant_type if q else "nf4", q.double_quant if q else True)
+        return AutoModelForCausalLM.from_pretrained(parent, quantization_config=qc, **model_kwargs(hw))
+    return AutoModelForCausalLM.from_pretrained(parent, **model_kwargs(hw))
+
+
+def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
+    recipe = spec.parsed_recipe
+    group = recipe.sft
+    hw = hardware_for(recipe, group)
+    parent = spec.inputs["model"]
+    template = recipe.data.chat_template
+    train = load_rows(spec.datasets["sft"], "train")
+    held_out = load_rows(spec.datasets["sft"], "eval", spec.options.get("eval_limit"))
+    tok = load_tokenizer(parent)
+    before = measure(load_causal_lm(parent), tok, held_out, recipe)
+    reporter.log(f"[sft] {group.method} on {len(train)} examples, {hw.why}; parent eval loss {before['eval_loss']:.4f}, "
+                 f"exact match {before['exact_match']:.1%}")
+
+    model = load_for_training(parent, group.method, recipe, hw)
+    args = SFTConfig(**trainer_args(group, spec, hw), max_length=recipe.data.max_length, completion_only_loss=True,
+                     packing=recipe.data.packing)
+    callback = LogCallback(reporter, "sft")
+    trainer = quiet(SFTTrainer(model=model, args=args, train_dataset=sft_dataset(train, template), processing_class=tok,
+                         peft_config=lora_config(recipe) if group.method != "full" else None, callbacks=[callback]))
+    resume = last_complete_checkpoint(args.output_dir)
+    if resume:
+        reporter.log(f"[sft] resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    after = measure(trainer.model, tok, held_out, recipe)
+    metrics = {
+        "method": group.method, "parent_eval_loss": before["eval_loss"], "eval_loss": after["eval_loss"],
+        "perplexity": after["perplexity"], "parent_exact_match": before["exact_match"], "exact_match": after["exact_match"],
+        "train_loss": result.training_loss, "steps": trainer.state.global_step, "train_examples": len(train),
+        "eval_examples": len(held_out), "trainable_parameters": parameter_count(trainer.model, trainable_only=True),
+        "resumed_from": resume or "", "tokens_seen": trainer.state.num_input_tokens_seen, "samples": after["samples"],
+        "hardware": hw.as_dict(), "log_history": callback.history,
+    }
+    save_outputs(spec.output_dir, trainer.model, tok, metrics)
+    if group.method != "full":  # an adapter: point it at the parent artifact it was trained on
+        cfg_path = Path(spec.output_dir) / "adapter_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["base_model_name_or_path"] = str(Path(parent).resolve())
+        cfg_path.write_text(json.dumps(cfg, indent=1))
+    reporter.log(f"[sft] eval loss {before['eval_loss']:.4f} -> {after['eval_loss']:.4f}, "
+                 f"exact match {before['exact_match']:.1%} -> {after['exact_match']:.1%}")
+    return metrics

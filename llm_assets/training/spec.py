@@ -1,0 +1,44 @@
+"""What the orchestrator hands a training process: one JSON file, no Dagster types."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llm_assets.recipes import Recipe
+
+STAGES = ("base", "cpt", "sft", "reward", "rlhf", "quantize", "evaluate")
+
+
+@dataclass
+class StageSpec:
+    stage: str
+    recipe: dict[str, Any]
+    output_dir: str
+    inputs: dict[str, str] = field(default_factory=dict)  # role -> local model directory (parent, reward, reference)
+    datasets: dict[str, list[str]] = field(default_factory=dict)  # kind -> dataset.parquet paths (one per drop)
+    checkpoint_dir: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # test/benchmark knobs (eval_limit, ...)
+
+    @property
+    def parsed_recipe(self) -> Recipe:
+        return Recipe.model_validate(self.recipe)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    def save(self, path: Path) -> Path:
+        path.write_text(self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "StageSpec":
+        return cls(**json.loads(Path(path).read_text()))
+
+    def fingerprint(self, input_versions: dict[str, str]) -> str:
+        """Identity of a training run, for its checkpoint directory: same inputs, same run, resumable."""
+        body = {"stage": self.stage, "recipe": self.recipe, "inputs": input_versions, "options": self.options}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
