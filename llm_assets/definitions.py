@@ -1,15 +1,28 @@
 """The code location: one Definitions object merging the domain modules."""
 
+import os
+
 from dagster import Definitions
 
 from llm_assets.assets.data import data_assets
-from llm_assets.jobs import data_jobs
+from llm_assets.assets.models import build_model_assets
+from llm_assets.assets.reports import build_report_assets
+from llm_assets.jobs import build_jobs
+from llm_assets.partitions import recipe_partitions
 from llm_assets.resources import default_resources
 from llm_assets.sensors import landing_sensor
 
-defs = Definitions(
-    assets=data_assets,
-    jobs=list(data_jobs.values()),
-    sensors=[landing_sensor],
-    resources=default_resources(),
-)
+
+def build_definitions() -> Definitions:
+    """Built from configs/recipes/ (or LLM_ASSETS_RECIPES_DIR) as it is now: one partition per recipe file."""
+    recipes = recipe_partitions()
+    model_assets = build_model_assets(recipes) + build_report_assets(recipes)
+    return Definitions(
+        assets=[*data_assets, *model_assets],
+        jobs=build_jobs(recipes),
+        sensors=[landing_sensor],
+        resources=default_resources(),
+    )
+
+
+defs = build_definitions()

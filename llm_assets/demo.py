@@ -52,9 +52,26 @@ def materialize_data(defs, instance: DagsterInstance, drops: dict[str, list[str]
     return rows
 
 
+def materialize_models(defs, instance: DagsterInstance, recipe: str) -> tuple[bool, str]:
+    from llm_assets.assets.reports import collect
+    from llm_assets.report_table import report_markdown
+    from llm_assets.resources import default_resources
+
+    t0 = time.time()
+    result = defs.resolve_job_def("training_job").execute_in_process(partition_key=recipe, instance=instance, raise_on_error=False)
+    failed = [f"{c.asset_key.path[-1]}.{c.check_name}" for c in result.get_asset_check_evaluations() if not c.passed]
+    if not result.success:
+        errors = [e.step_failure_data.error.message.strip() for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        return False, f"training_job failed for recipe {recipe!r}: " + " | ".join(errors + failed)
+    metrics, passthrough = collect(default_resources()["store"].open(), recipe)
+    table = report_markdown(recipe, metrics, passthrough)
+    return not failed, f"{table}\n\nwhole graph for recipe {recipe!r}: {time.time() - t0:.0f} s" + (f"; FAILED checks: {failed}" if failed else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--no-land", action="store_true", help="Use what is already in the landing zone.")
+    parser.add_argument("--recipe", default="tiny", help="Recipe to train after the data (default: tiny); 'none' to stop after the data.")
     args = parser.parse_args(argv)
 
     from llm_assets.definitions import defs
@@ -75,7 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     drops = register_drops(instance, landing)
     rows = materialize_data(defs, instance, drops)
     print("\nData drops\n" + markdown_table(["kind", "drop", "format", "rows in", "kept", "quarantined", "checks", "seconds"], rows))
-    return 0 if all(r[6] == "ok" for r in rows if str(r[1]).startswith("demo_")) else 1
+    data_ok = all(r[6] == "ok" for r in rows if str(r[1]).startswith("demo_"))
+    if args.recipe == "none":
+        return 0 if data_ok else 1
+    print(f"\nTraining recipe {args.recipe!r} (base -> cpt -> sft -> reward -> rlhf -> quantized -> report) ...", flush=True)
+    models_ok, text = materialize_models(defs, instance, args.recipe)
+    print("\n" + text)
+    return 0 if data_ok and models_ok else 1
 
 
 if __name__ == "__main__":

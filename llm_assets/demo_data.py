@@ -39,6 +39,20 @@ def answer(op: str, words: list[str]) -> str:
     return " ".join(reversed(words))
 
 
+def rejected_answer(op: str, words: list[str], rng: random.Random) -> str:
+    """What a labeller prefers less: mostly a plausible mistake, sometimes an unhelpful reply
+    (a refusal, a hedge around a wrong answer, a stutter) as in real preference data."""
+    roll = rng.random()
+    if roll < 0.15:
+        return rng.choice(("Sorry, I cannot help with that.", "I am not sure.", "Please ask something else."))
+    if roll < 0.30:
+        return f"I think it is {wrong_answer(op, words, rng)}, maybe."
+    if roll < 0.40:
+        right = answer(op, words)
+        return f"{right} {right}"
+    return wrong_answer(op, words, rng)
+
+
 def wrong_answer(op: str, words: list[str], rng: random.Random) -> str:
     """A plausible mistake: the kind of error an undertrained model makes."""
     if op == "first":
@@ -80,7 +94,7 @@ def chat_rows(n: int, seed: int) -> list[dict]:
 def preference_rows(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     return [
-        {"prompt": p, "chosen": answer(op, w), "rejected": wrong_answer(op, w, rng), "task": op}
+        {"prompt": p, "chosen": answer(op, w), "rejected": rejected_answer(op, w, rng), "task": op}
         for op, p, w in examples(n, rng)
     ]
 

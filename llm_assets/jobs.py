@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, define_asset_job
+from dagster import AssetSelection, StaticPartitionsDefinition, define_asset_job
 
 from llm_assets.partitions import DROP_PARTITIONS
 from llm_assets.resources.landing import KINDS
+
+MODEL_ASSETS = ["base_model", "cpt_model", "sft_model", "reward_model", "rlhf_policy", "quantized_model", "model_report"]
 
 data_jobs = {
     kind: define_asset_job(
@@ -16,3 +18,9 @@ data_jobs = {
     )
     for kind in KINDS
 }
+
+
+def build_jobs(recipes: StaticPartitionsDefinition) -> list:
+    training = define_asset_job("training_job", selection=AssetSelection.assets(*MODEL_ASSETS), partitions_def=recipes,
+                                description="Train, evaluate and quantize one recipe on every validated drop.")
+    return [*data_jobs.values(), training]

@@ -154,21 +154,22 @@ def build_data_assets(kind: str) -> list[AssetsDefinition]:
                                    max_chars=config.max_chars, eval_fraction=config.eval_fraction)
         except (UnreadableFile, FormatError) as e:
             raise Failure(description=f"{kind} drop '{drop}' ({raw.manifest.metadata.get('source', name)}): {e}") from None
+        max_rate, source = strictest_reject_rate()
         with tempfile.TemporaryDirectory() as tmp:
             write_dataset(result.dataset, Path(tmp) / "dataset.parquet", kind)
             write_quarantine(result.quarantine, Path(tmp) / "quarantine.parquet")
-            stored = read_table(Path(tmp) / "dataset.parquet")
+            checks = dataset_checks(kind, result, read_table(Path(tmp) / "dataset.parquet"), max_rate, source)
             summary = {"format": result.format.name, "rows_in": result.rows_in, "rows_kept": result.rows_kept,
-                       "rows_quarantined": result.rows_quarantined, "raw_version": raw.version}
+                       "rows_quarantined": result.rows_quarantined, "raw_version": raw.version,
+                       "checks_passed": all(c.passed for c in checks)}
             (Path(tmp) / "summary.json").write_text(json.dumps(summary, indent=1))
             manifest = st.commit(dataset_key(kind, drop), Path(tmp), summary)
-        max_rate, source = strictest_reject_rate()
         reasons = result.reasons()
         splits = result.dataset["split"].value_counts()
         context.log.info(f"{drop}: {result.rows_in} rows in, {result.rows_kept} kept, {result.rows_quarantined} quarantined ({result.format.name})")
         return MaterializeResult(
             data_version=DataVersion(manifest.version),
-            check_results=dataset_checks(kind, result, stored, max_rate, source),
+            check_results=checks,
             metadata={
                 "dagster/row_count": result.rows_kept,
                 "dagster/column_schema": column_schema,

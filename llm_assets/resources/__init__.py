@@ -7,7 +7,9 @@ import os
 from dagster_aws.s3 import S3Resource
 
 from llm_assets.paths import default_landing_root, default_store_root
+from llm_assets.resources.hub import HubClient
 from llm_assets.resources.landing import LandingZone
+from llm_assets.resources.launcher import TrainingLauncher
 from llm_assets.resources.store import ArtifactStore
 
 
@@ -18,4 +20,6 @@ def default_resources() -> dict[str, object]:
     return {
         "store": ArtifactStore(root=default_store_root(), s3=s3),
         "landing": LandingZone(root=default_landing_root(), s3=s3),
+        "launcher": TrainingLauncher(checkpoint_root=os.environ.get("LLM_ASSETS_CHECKPOINTS") or None),
+        "hub": HubClient(token=os.environ.get("HF_TOKEN") or None, cache_dir=os.environ.get("HF_HUB_CACHE") or None),
     }

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
+import traceback
 import warnings
+from pathlib import Path
 
 from llm_assets.training.report import Reporter
 from llm_assets.training.spec import STAGES, StageSpec
@@ -20,6 +23,21 @@ from llm_assets.training.spec import STAGES, StageSpec
 def run_stage(stage: str, spec: StageSpec, reporter: Reporter) -> dict:
     module = importlib.import_module(f"llm_assets.training.{'evaluate_stage' if stage == 'evaluate' else stage}")
     return module.run(spec, reporter)
+
+
+def error_path(spec: StageSpec) -> Path:
+    """Where a failing stage leaves its error for the orchestrator to show."""
+    out = Path(spec.output_dir)
+    return out.parent / f"{out.name}.error.json"
+
+
+def _run_reporting_errors(stage: str, spec: StageSpec, reporter: Reporter) -> dict:
+    try:
+        return run_stage(stage, spec, reporter)
+    except BaseException as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            error_path(spec).write_text(json.dumps({"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}))
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
 
         with open_dagster_pipes() as pipes:
             reporter = Reporter(pipes)
-            reporter.result(run_stage(args.stage, spec, reporter))
+            reporter.result(_run_reporting_errors(args.stage, spec, reporter))
     else:
         reporter = Reporter()
-        reporter.result(run_stage(args.stage, spec, reporter))
+        reporter.result(_run_reporting_errors(args.stage, spec, reporter))
     return 0
 
 

@@ -3,10 +3,12 @@ measure it, so every later stage has a 'before' to beat."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from llm_assets.training.builtin import build_tiny, render_chat
+from llm_assets.training.common import copy_model_dir
 from llm_assets.training.data import load_rows
 from llm_assets.training.evaluate import completion_loss, exact_match, text_loss
 from llm_assets.training.models import load_causal_lm, load_tokenizer
@@ -43,6 +45,10 @@ def baseline_metrics(model_dir: str | Path, spec: StageSpec) -> dict[str, Any]:
 
 def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     recipe = spec.parsed_recipe
+    if "snapshot" in spec.inputs:  # a hub model, already snapshotted at its pinned revision
+        copy_model_dir(spec.inputs["snapshot"], spec.output_dir)
+        reporter.log(f"[base] {recipe.model.base}@{recipe.model.revision} copied from {spec.inputs['snapshot']}")
+        return _saved(spec, {"source": f"{recipe.model.base}@{recipe.model.revision}", **baseline_metrics(spec.output_dir, spec)})
     texts = corpus_texts(spec)
     if not texts:
         raise ValueError("builtin:tiny trains its tokenizer on the datasets, but no validated drop was given")
@@ -51,5 +57,10 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
                       seed=recipe.sft.seed, output_dir=Path(spec.output_dir))
     tok = load_tokenizer(spec.output_dir)
     reporter.log(f"[base] built builtin:tiny with {info['parameters']:,} parameters, vocabulary {info['vocab_size']}")
-    return {**info, "tokenizer_texts": len(texts), "eos_token": tok.eos_token, "pad_token": tok.pad_token,
-            **baseline_metrics(spec.output_dir, spec)}
+    return _saved(spec, {**info, "tokenizer_texts": len(texts), "eos_token": tok.eos_token, "pad_token": tok.pad_token,
+                         **baseline_metrics(spec.output_dir, spec)})
+
+
+def _saved(spec: StageSpec, metrics: dict[str, Any]) -> dict[str, Any]:
+    (Path(spec.output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+    return metrics

@@ -21,7 +21,7 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     parent = spec.inputs["model"]
     train = load_rows(spec.datasets["pretraining"], "train")
     held_out = [r["text"] for r in load_rows(spec.datasets["pretraining"], "eval", spec.options.get("eval_limit"))]
-    tok, model = load_tokenizer(parent), load_causal_lm(parent, hw.torch_dtype)
+    tok, model = load_tokenizer(parent), load_causal_lm(parent, hw.torch_dtype, attn_implementation=hw.attn_implementation)
     before = text_loss(model, tok, held_out, recipe.data.max_length)["eval_loss"]
     reporter.log(f"[cpt] {len(train)} documents, {hw.why}; parent eval loss {before:.4f}")
 

@@ -40,8 +40,8 @@ def _batches(items: list, size: int):
 
 
 @torch.no_grad()
-def reply_logprobs(model, tok, prompts, replies, template: str, max_length: int, batch_size: int = 32) -> list[tuple[float, int]]:
-    """Per example: (sum of log p over reply tokens, number of reply tokens)."""
+def reply_logprobs(model, tok, prompts, replies, template: str, max_length: int, batch_size: int = 32) -> list[torch.Tensor]:
+    """Per example: log p of each reply token given everything before it."""
     model.eval()
     out = []
     for batch in _batches(_pairs(tok, prompts, replies, template, max_length), batch_size):
@@ -54,15 +54,14 @@ def reply_logprobs(model, tok, prompts, replies, template: str, max_length: int,
         logp = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
         tok_lp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
         for i, (seq, start) in enumerate(batch):
-            span = tok_lp[i, max(start - 1, 0):len(seq) - 1]
-            out.append((float(span.sum()), int(span.numel())))
+            out.append(tok_lp[i, max(start - 1, 0):len(seq) - 1].clone())
     return out
 
 
 def completion_loss(model, tok, rows: list[dict[str, Any]], template: str, max_length: int, field: str = "completion") -> dict[str, float]:
     """Token-weighted cross-entropy on the replies only (the prompt is context), and its perplexity."""
     lps = reply_logprobs(model, tok, [r["prompt"] for r in rows], [r[field] for r in rows], template, max_length)
-    nll, n = -sum(lp for lp, _ in lps), sum(k for _, k in lps)
+    nll, n = -sum(float(lp.sum()) for lp in lps), sum(lp.numel() for lp in lps)
     loss = nll / max(n, 1)
     return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50)), "eval_tokens": n}
 
@@ -128,7 +127,9 @@ def pairwise_accuracy(rm, tok, rows: list[dict[str, Any]], template: str, max_le
 
 
 def kl_to_reference(policy, ref, tok, prompts, replies, template: str, max_length: int) -> float:
-    """Monte-Carlo KL(policy || reference) per reply, on replies sampled from the policy."""
+    """KL(policy || reference) per reply on replies sampled from the policy, with the unbiased,
+    never-negative per-token estimator exp(d) - 1 - d, d = log p_ref - log p_policy (as TRL logs it)."""
     lp = reply_logprobs(policy, tok, prompts, replies, template, max_length)
     lr = reply_logprobs(ref, tok, prompts, replies, template, max_length)
-    return sum(a - b for (a, _), (b, _) in zip(lp, lr)) / max(len(lp), 1)
+    per_reply = [float((torch.exp(r - p) - 1 - (r - p)).sum()) for p, r in zip(lp, lr)]
+    return sum(per_reply) / max(len(per_reply), 1)

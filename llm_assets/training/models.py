@@ -26,15 +26,16 @@ def load_tokenizer(directory: str | Path):
     return tok
 
 
-def load_causal_lm(directory: str | Path, dtype: torch.dtype = torch.float32, base_dir: str | None = None) -> PreTrainedModel:
+def load_causal_lm(directory: str | Path, dtype: torch.dtype = torch.float32, base_dir: str | None = None,
+                   attn_implementation: str | None = None) -> PreTrainedModel:
     """A plain model; a LoRA adapter is applied to its base and merged (what evaluation and export need)."""
     directory = Path(directory)
     if is_adapter(directory):
         from peft import PeftModel
 
-        base = load_causal_lm(base_dir or adapter_base(directory), dtype)
+        base = load_causal_lm(base_dir or adapter_base(directory), dtype, attn_implementation=attn_implementation)
         return PeftModel.from_pretrained(base, directory).merge_and_unload()
-    return AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation=attn_implementation)
 
 
 def load_reward_model(directory: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:

@@ -30,7 +30,8 @@ class Reporter:
             return
         if self.pipes is not None:
             self.pipes.report_custom_message({"metrics": metrics})
-        print("RESULT " + json.dumps(metrics, default=float), flush=True)
+        shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
+        print("RESULT " + json.dumps(shown, default=float), flush=True)
 
 
 class LogCallback(TrainerCallback):

@@ -1,0 +1,142 @@
+"""The model half of the graph through Dagster: Pipes subprocesses, the store, checks, resume."""
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from dagster import AssetKey, DagsterInstance
+
+from llm_assets.demo import register_drops
+from llm_assets.resources import default_resources
+from llm_assets_tests.helpers import write_recipe
+from llm_assets.demo_data import write_demo_drops
+
+
+@pytest.fixture
+def graph(project_env, monkeypatch):
+    """Demo drops landed and validated, a micro 'tiny' recipe, and Definitions built on them."""
+    recipes = project_env / "recipes"
+    write_recipe(recipes)
+    monkeypatch.setenv("LLM_ASSETS_RECIPES_DIR", str(recipes))
+    write_demo_drops(project_env / "data" / "landing", scale=0.1)
+    from llm_assets.definitions import build_definitions
+
+    instance = DagsterInstance.get()
+    drops = register_drops(instance, default_resources()["landing"].open())
+    defs = build_definitions()
+    for kind, keys in drops.items():
+        for key in keys:
+            assert defs.resolve_job_def(f"{kind}_data_job").execute_in_process(partition_key=key, instance=instance).success
+    return defs, instance, recipes
+
+
+def materialize_recipe(defs, instance, recipe="tiny", selection=None):
+    job = defs.resolve_job_def("training_job")
+    if selection:
+        job = job.get_subset(asset_selection={AssetKey(a) for a in selection})
+    return job.execute_in_process(partition_key=recipe, instance=instance, raise_on_error=False)
+
+
+def meta(instance, asset, partition="tiny"):
+    ev = instance.get_latest_materialization_event(AssetKey(asset))
+    assert ev.asset_materialization.partition == partition
+    return {k: v.value for k, v in ev.asset_materialization.metadata.items()}
+
+
+def test_whole_graph_on_the_micro_recipe(graph):
+    defs, instance, _ = graph
+    result = materialize_recipe(defs, instance)
+    assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    checks = {(c.asset_key.path[-1], c.check_name): c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {("sft_model", "sft_beats_parent"): True, ("reward_model", "reward_accuracy_above_threshold"): True,
+                      ("quantized_model", "eval_loss_delta_within_bound"): True}
+    sft = meta(instance, "sft_model")
+    assert sft["eval_loss"] < sft["parent_eval_loss"] and sft["steps"] == 6 and "demo_word_tasks.jsonl" in str(sft["drops_used"])
+    assert meta(instance, "rlhf_policy")["algorithm"] == "rloo"
+    q = meta(instance, "quantized_model")
+    assert q["quantized_bytes"] < q["unquantized_bytes"]
+    report = meta(instance, "model_report")["report"]
+    assert "| sft | exact match |" in report and "| quantize | weights bytes |" in report
+    store = default_resources()["store"].open()
+    for stage in ("base", "cpt", "sft", "reward", "rlhf", "quantize"):
+        art = store.get(f"models/{stage}/tiny")
+        assert (art.path / "config.json").exists() and art.manifest.metadata["recipe_hash"]
+    # the training logs streamed into the Dagster run log through Pipes
+    logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
+    assert any("[sft] loss=" in m and "tokens_per_s=" in m for m in logs)
+
+
+def test_recipe_without_cpt_passes_the_base_model_through(graph):
+    defs, instance, recipes = graph
+    write_recipe(recipes, "nocpt", cpt=None)
+    from llm_assets.definitions import build_definitions
+
+    defs = build_definitions()
+    result = materialize_recipe(defs, instance, "nocpt", ["base_model", "cpt_model"])
+    assert result.success
+    m = meta(instance, "cpt_model", "nocpt")
+    assert m["passthrough"] is True and m["passthrough_of"] == "base"
+    store = default_resources()["store"].open()
+    assert store.latest_version("models/cpt/nocpt") == store.latest_version("models/base/nocpt")
+
+
+def test_failed_child_fails_the_materialization_with_its_error(graph):
+    defs, instance, recipes = graph
+    write_recipe(recipes, "broken", model={"attn_implementation": "flash_attention_2"})
+    from llm_assets.definitions import build_definitions
+
+    result = materialize_recipe(build_definitions(), instance, "broken", ["base_model", "cpt_model"])
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.step_key == "cpt_model"
+    message = failure.step_failure_data.error.message
+    assert "the cpt stage failed" in message and "flash" in message.lower()  # the child's own error, not an exit code
+
+
+def _kill_training_child_after_checkpoint(checkpoints: Path, stop: threading.Event, killed: list) -> None:
+    """Wait for a complete SFT checkpoint, then kill -9 the training process."""
+    while not stop.is_set():
+        done = [p for p in checkpoints.rglob("checkpoint-*") if (p / "trainer_state.json").exists()]
+        if done:
+            for proc in psutil.Process().children(recursive=True):
+                if "llm_assets.training" in " ".join(proc.cmdline()) and "sft" in proc.cmdline():
+                    proc.kill()
+                    killed.append(str(done[0]))
+                    return
+        time.sleep(0.02)
+
+
+def test_killed_sft_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(graph, project_env):
+    defs, instance, recipes = graph
+    sft = {"max_steps": 60, "save_steps": 10, "logging_steps": 10}
+    write_recipe(recipes, sft=sft)
+    from llm_assets.definitions import build_definitions
+
+    defs = build_definitions()
+    assert materialize_recipe(defs, instance, selection=["base_model", "cpt_model"]).success
+    stop, killed = threading.Event(), []
+    watcher = threading.Thread(target=_kill_training_child_after_checkpoint,
+                               args=(project_env / "data" / "checkpoints" / "sft", stop, killed), daemon=True)
+    watcher.start()
+    first = materialize_recipe(defs, instance, selection=["sft_model"])
+    stop.set()
+    assert killed and not first.success, "the SFT process was not killed mid-run"
+    failure = next(e for e in first.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.step_key == "sft_model"
+    assert "killed by SIGKILL" in failure.step_failure_data.error.message
+
+    resumed = materialize_recipe(defs, instance, selection=["sft_model"])
+    assert resumed.success
+    m = meta(instance, "sft_model")
+    assert "checkpoint-" in m["resumed_from"] and m["steps"] == 60
+
+    # an identical recipe under another name trains the same steps without interruption: the results must match
+    write_recipe(recipes, "straight", sft=sft)
+    defs2 = build_definitions()
+    assert materialize_recipe(defs2, instance, "straight", ["base_model", "cpt_model", "sft_model"]).success
+    straight = meta(instance, "sft_model", "straight")
+    assert straight["resumed_from"] == ""
+    assert abs(straight["eval_loss"] - m["eval_loss"]) < 1e-4

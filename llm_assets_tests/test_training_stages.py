@@ -1,0 +1,94 @@
+"""Every training stage on a micro model, in process (the Pipes wrapper is tested end to end elsewhere)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from llm_assets.recipes import parse_recipe
+from llm_assets.training.__main__ import run_stage
+from llm_assets.training.models import is_adapter, load_causal_lm, load_tokenizer
+from llm_assets.training.report import Reporter
+from llm_assets_tests.helpers import demo_datasets, write_recipe
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    return demo_datasets(tmp_path_factory.mktemp("data"))
+
+
+def spec_for(tmp, stage, recipe_path, datasets, inputs=None, out=None):
+    from llm_assets.training.spec import StageSpec
+
+    recipe = parse_recipe(recipe_path).model_dump(mode="json")
+    out = Path(out or tmp / stage)
+    return StageSpec(stage=stage, recipe=recipe, output_dir=str(out), inputs=inputs or {}, datasets=datasets,
+                     checkpoint_dir=str(tmp / f"ckpt-{out.name}"), options={"eval_limit": 16})
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, datasets):
+    """base -> cpt -> sft -> reward on the micro recipe, shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("chain")
+    recipe = write_recipe(tmp / "recipes")
+    metrics = {}
+    prev = {}
+    for stage in ("base", "cpt", "sft"):
+        metrics[stage] = run_stage(stage, spec_for(tmp, stage, recipe, datasets, prev), Reporter())
+        prev = {"model": str(tmp / stage)}
+    metrics["reward"] = run_stage("reward", spec_for(tmp, "reward", recipe, datasets, {"model": str(tmp / "sft")}), Reporter())
+    return tmp, recipe, metrics
+
+
+def test_base_builds_a_tokenizer_with_chat_template_eos_and_pad(chain):
+    tmp, _, metrics = chain
+    tok = load_tokenizer(tmp / "base")
+    assert tok.eos_token == "<|end|>" and tok.pad_token == "<|pad|>" and tok.pad_token_id != tok.eos_token_id
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert text == "<|user|>\nhi<|end|>\n<|assistant|>\n"
+    assert metrics["base"]["parameters"] > 0 and metrics["base"]["exact_match"] == 0.0
+
+
+def test_each_stage_trains_and_measures_against_its_parent(chain):
+    tmp, _, m = chain
+    assert m["cpt"]["steps"] == 4 and m["cpt"]["eval_loss"] < m["cpt"]["parent_eval_loss"]
+    assert m["sft"]["steps"] == 6 and m["sft"]["eval_loss"] < m["sft"]["parent_eval_loss"]
+    assert 0 <= m["reward"]["reward_accuracy"] <= 1 and m["reward"]["steps"] == 4
+    for stage in ("cpt", "sft", "reward"):
+        assert (tmp / stage / "model.safetensors").exists() and json.loads((tmp / stage / "metrics.json").read_text())["steps"] > 0
+    assert any("loss" in h for h in m["sft"]["log_history"])
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo", "dpo"])
+def test_rlhf_algorithms(chain, datasets, algorithm):
+    tmp, _, _ = chain
+    recipe = write_recipe(tmp / f"recipes-{algorithm}", rlhf={"algorithm": algorithm})
+    inputs = {"model": str(tmp / "sft"), "reward": str(tmp / "reward")}
+    m = run_stage("rlhf", spec_for(tmp, "rlhf", recipe, datasets, inputs, out=tmp / f"rlhf-{algorithm}"), Reporter())
+    assert m["steps"] == 2 and m["algorithm"] == algorithm
+    assert {"mean_reward", "sft_mean_reward", "win_rate_vs_sft", "kl_to_sft", "exact_match"} <= set(m)
+    assert m["kl_to_sft"] >= 0
+
+
+def test_quantization_round_trip(chain, datasets):
+    tmp, recipe, _ = chain
+    m = run_stage("quantize", spec_for(tmp, "quantize", recipe, datasets, {"model": str(tmp / "sft")}), Reporter())
+    assert m["quantized_bytes"] < m["unquantized_bytes"] and m["linear_bytes_ratio"] <= 0.15
+    assert abs(m["eval_loss_delta"]) < 0.5
+    reloaded = load_causal_lm(tmp / "quantize")  # the saved 4-bit checkpoint loads back and runs
+    assert type(reloaded.model.layers[0].mlp.up_proj).__name__ == "Linear4bit"
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.isfinite(reloaded(ids).logits).all()
+
+
+def test_lora_and_qlora_sft_write_adapters(chain, datasets):
+    tmp, _, _ = chain
+    for method in ("lora", "qlora"):
+        recipe = write_recipe(tmp / f"recipes-{method}", sft={"method": method, "max_steps": 2}, lora={"r": 4, "alpha": 8})
+        out = tmp / f"sft-{method}"
+        m = run_stage("sft", spec_for(tmp, "sft", recipe, datasets, {"model": str(tmp / "cpt")}, out=out), Reporter())
+        assert is_adapter(out) and m["steps"] == 2
+        assert m["trainable_parameters"] < m.get("total_parameters", 10**9)
+        merged = load_causal_lm(out)  # adapter applied to its recorded base and merged
+        assert sum(p.numel() for p in merged.parameters()) > m["trainable_parameters"]
