@@ -3,12 +3,11 @@ measure it, so every later stage has a 'before' to beat."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from llm_assets.training.builtin import build_tiny, render_chat
-from llm_assets.training.common import copy_model_dir
+from llm_assets.training.common import copy_model_dir, write_metrics
 from llm_assets.training.data import load_rows
 from llm_assets.training.evaluate import completion_loss, exact_match, text_loss
 from llm_assets.training.models import load_causal_lm, load_tokenizer
@@ -62,5 +61,5 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
 
 
 def _saved(spec: StageSpec, metrics: dict[str, Any]) -> dict[str, Any]:
-    (Path(spec.output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+    write_metrics(spec.output_dir, metrics)
     return metrics

@@ -116,12 +116,29 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def save_outputs(output_dir: str | Path, model, tokenizer, metrics: dict[str, Any]) -> None:
+def save_trained(trainer, tokenizer, output_dir: str | Path, merge_adapter: bool = False) -> bool:
+    """Save what ``trainer`` trained (all ranks take part: ZeRO-3 gathers the shards); True on the main process.
+
+    Evaluation then reloads the saved directory on the main process only, so it measures exactly
+    what was committed, whatever the parallelism was.
+    """
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+    if merge_adapter and hasattr(trainer.model, "merge_and_unload"):
+        if trainer.is_world_process_zero():
+            trainer.model.merge_and_unload().save_pretrained(out)
+    else:
+        trainer.save_model(str(out))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(out)
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()  # models loaded from here on are whole, not ZeRO-3 partitions
+        return True
+    return False
+
+
+def write_metrics(output_dir: str | Path, metrics: dict[str, Any]) -> None:
+    (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
 
 
 def copy_model_dir(src: str | Path, dst: str | Path) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from trl import SFTConfig, SFTTrainer
 
-from llm_assets.training.common import hardware_for, last_complete_checkpoint, quiet, save_outputs, trainer_args
+from llm_assets.training.common import hardware_for, last_complete_checkpoint, quiet, save_trained, trainer_args, write_metrics
 from llm_assets.training.data import load_rows, text_dataset
 from llm_assets.training.evaluate import text_loss
 from llm_assets.training.models import load_causal_lm, load_tokenizer
@@ -33,10 +33,12 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     if resume:
         reporter.log(f"[cpt] resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
+    if not save_trained(trainer, tok, spec.output_dir):
+        return {}
 
-    after = text_loss(trainer.model, tok, held_out, recipe.data.max_length)["eval_loss"]
+    after = text_loss(load_causal_lm(spec.output_dir), tok, held_out, recipe.data.max_length)["eval_loss"]
     metrics = {"parent_eval_loss": before, "eval_loss": after, "train_loss": result.training_loss,
                "steps": trainer.state.global_step, "train_documents": len(train), "resumed_from": resume or "",
                "tokens_seen": trainer.state.num_input_tokens_seen, "hardware": hw.as_dict(), "log_history": callback.history}
-    save_outputs(spec.output_dir, trainer.model, tok, metrics)
+    write_metrics(spec.output_dir, metrics)
     return metrics

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM
 
-from llm_assets.training.common import quantization_config, save_outputs
+from llm_assets.training.common import quantization_config, write_metrics
 from llm_assets.training.data import load_rows
 from llm_assets.training.evaluate import completion_loss
 from llm_assets.training.models import load_causal_lm, load_tokenizer
@@ -58,10 +58,11 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
         metrics = {"bits": q.bits, "quant_type": q.quant_type if q.bits == 4 else "int8", "unquantized_eval_loss": reference,
                    "eval_loss": loss, "eval_loss_delta": loss - reference, "unquantized_bytes": full_size,
                    "linear_bytes_ratio": linear_bytes(quantized) / fp32_linear}
-        save_outputs(spec.output_dir, quantized, tok, metrics)
+        quantized.save_pretrained(spec.output_dir)
+        tok.save_pretrained(spec.output_dir)
     metrics["quantized_bytes"] = weights_bytes(spec.output_dir)
     metrics["size_ratio"] = metrics["quantized_bytes"] / full_size
-    save_outputs(spec.output_dir, quantized, tok, metrics)
+    write_metrics(spec.output_dir, metrics)
     reporter.log(f"[quantize] {q.bits}-bit: {full_size:,} -> {metrics['quantized_bytes']:,} bytes ({metrics['size_ratio']:.2f}x), "
                  f"linear layers {metrics['linear_bytes_ratio']:.2f}x, eval loss {reference:.4f} -> {loss:.4f}")
     return metrics

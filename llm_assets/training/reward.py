@@ -8,7 +8,7 @@ from typing import Any
 
 from trl import RewardConfig, RewardTrainer
 
-from llm_assets.training.common import hardware_for, last_complete_checkpoint, lora_config, quiet, save_outputs, trainer_args
+from llm_assets.training.common import hardware_for, last_complete_checkpoint, lora_config, quiet, save_trained, trainer_args, write_metrics
 from llm_assets.training.data import load_rows, preference_dataset
 from llm_assets.training.evaluate import pairwise_accuracy
 from llm_assets.training.models import is_adapter, load_causal_lm, load_reward_model, load_tokenizer
@@ -42,13 +42,14 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     if resume:
         reporter.log(f"[reward] resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
-    final = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
+    if not save_trained(trainer, tok, spec.output_dir, merge_adapter=True):
+        return {}
 
-    after = pairwise_accuracy(final, tok, held_out, template, recipe.data.max_length)
+    after = pairwise_accuracy(load_reward_model(spec.output_dir), tok, held_out, template, recipe.data.max_length)
     metrics = {"parent_reward_accuracy": before["reward_accuracy"], "reward_accuracy": after["reward_accuracy"],
                "reward_margin": after["reward_margin"], "eval_pairs": after["pairs"], "train_pairs": len(train),
                "train_loss": result.training_loss, "steps": trainer.state.global_step, "resumed_from": resume or "",
                "hardware": hw.as_dict(), "log_history": callback.history}
-    save_outputs(spec.output_dir, final, tok, metrics)
+    write_metrics(spec.output_dir, metrics)
     reporter.log(f"[reward] pairwise accuracy {before['reward_accuracy']:.1%} -> {after['reward_accuracy']:.1%}")
     return metrics

@@ -12,7 +12,9 @@ from typing import Any
 
 from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-from llm_assets.training.common import hardware_for, last_complete_checkpoint, lora_config, model_kwargs, quiet, save_outputs, trainer_args
+from llm_assets.training.common import (
+    hardware_for, last_complete_checkpoint, lora_config, model_kwargs, quiet, save_trained, trainer_args, write_metrics,
+)
 from llm_assets.training.data import load_rows, preference_dataset, prompt_dataset
 from llm_assets.training.evaluate import exact_match, generate, kl_to_reference, reward_scores
 from llm_assets.training.models import is_adapter, load_causal_lm, load_reward_model, load_tokenizer
@@ -74,7 +76,9 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     if resume:
         reporter.log(f"[rlhf] resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
-    final = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
+    if not save_trained(trainer, tok, spec.output_dir, merge_adapter=True):
+        return {}
+    final = load_causal_lm(spec.output_dir)
 
     metrics: dict[str, Any] = {"algorithm": g.algorithm, "train_loss": result.training_loss, "steps": trainer.state.global_step,
                                "train_prompts": len(train), "resumed_from": resume or "", "hardware": hw.as_dict(),
@@ -86,5 +90,5 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     if sft_eval:
         metrics["parent_exact_match"] = exact_match(reference, tok, sft_eval, template)["exact_match"]
         metrics["exact_match"] = exact_match(final, tok, sft_eval, template)["exact_match"]
-    save_outputs(spec.output_dir, final, tok, metrics)
+    write_metrics(spec.output_dir, metrics)
     return metrics

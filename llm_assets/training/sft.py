@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
 
 from llm_assets.training.common import (
-    hardware_for, last_complete_checkpoint, quiet, lora_config, model_kwargs, quantization_config, save_outputs, trainer_args,
+    hardware_for, last_complete_checkpoint, lora_config, model_kwargs, quantization_config, quiet, save_trained, trainer_args,
+    write_metrics,
 )
 from llm_assets.training.data import load_rows, sft_dataset
 from llm_assets.training.evaluate import completion_loss, exact_match
@@ -61,22 +62,25 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     if resume:
         reporter.log(f"[sft] resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
-
-    after = measure(trainer.model, tok, held_out, recipe)
-    metrics = {
-        "method": group.method, "parent_eval_loss": before["eval_loss"], "eval_loss": after["eval_loss"],
-        "perplexity": after["perplexity"], "parent_exact_match": before["exact_match"], "exact_match": after["exact_match"],
-        "train_loss": result.training_loss, "steps": trainer.state.global_step, "train_examples": len(train),
-        "eval_examples": len(held_out), "trainable_parameters": parameter_count(trainer.model, trainable_only=True),
-        "resumed_from": resume or "", "tokens_seen": trainer.state.num_input_tokens_seen, "samples": after["samples"],
-        "hardware": hw.as_dict(), "log_history": callback.history,
-    }
-    save_outputs(spec.output_dir, trainer.model, tok, metrics)
+    trainable = parameter_count(trainer.model, trainable_only=True)
+    if not save_trained(trainer, tok, spec.output_dir):
+        return {}
     if group.method != "full":  # an adapter: point it at the parent artifact it was trained on
         cfg_path = Path(spec.output_dir) / "adapter_config.json"
         cfg = json.loads(cfg_path.read_text())
         cfg["base_model_name_or_path"] = str(Path(parent).resolve())
         cfg_path.write_text(json.dumps(cfg, indent=1))
+
+    after = measure(load_causal_lm(spec.output_dir), tok, held_out, recipe)
+    metrics = {
+        "method": group.method, "parent_eval_loss": before["eval_loss"], "eval_loss": after["eval_loss"],
+        "perplexity": after["perplexity"], "parent_exact_match": before["exact_match"], "exact_match": after["exact_match"],
+        "train_loss": result.training_loss, "steps": trainer.state.global_step, "train_examples": len(train),
+        "eval_examples": len(held_out), "trainable_parameters": trainable,
+        "resumed_from": resume or "", "tokens_seen": trainer.state.num_input_tokens_seen, "samples": after["samples"],
+        "hardware": hw.as_dict(), "log_history": callback.history,
+    }
+    write_metrics(spec.output_dir, metrics)
     reporter.log(f"[sft] eval loss {before['eval_loss']:.4f} -> {after['eval_loss']:.4f}, "
                  f"exact match {before['exact_match']:.1%} -> {after['exact_match']:.1%}")
     return metrics
