@@ -1,0 +1,30 @@
+import torch
+
+from llm_assets.recipes import Recipe
+from llm_assets.training.common import hardware_for, trainer_args
+from llm_assets.training.hardware import choose
+from llm_assets.training.spec import StageSpec
+
+
+def test_cpu_defaults_are_fp32_without_checkpointing():
+    if torch.cuda.is_available():
+        return
+    hw = choose()
+    assert (hw.device, hw.dtype, hw.gradient_checkpointing, hw.attn_implementation) == ("cpu", "float32", False, "sdpa")
+    assert hw.threads >= 1
+
+
+def test_recipe_overrides_win():
+    hw = choose(dtype="bfloat16", gradient_checkpointing=True, attn_implementation="eager")
+    assert (hw.dtype, hw.gradient_checkpointing, hw.attn_implementation) == ("bfloat16", True, "eager")
+
+
+def test_trainer_arguments_follow_the_hardware_not_trl_defaults(tmp_path):
+    recipe = Recipe(name="t")
+    hw = hardware_for(recipe, recipe.sft)
+    spec = StageSpec(stage="sft", recipe=recipe.model_dump(mode="json"), output_dir=str(tmp_path / "o"), checkpoint_dir=str(tmp_path / "c"))
+    args = trainer_args(recipe.sft, spec, hw)
+    if not torch.cuda.is_available():
+        assert args["bf16"] is False and args["fp16"] is False and args["gradient_checkpointing"] is False and args["use_cpu"] is True
+    assert args["output_dir"] == str(tmp_path / "c") and args["save_steps"] == recipe.sft.save_steps
+    assert torch.get_num_threads() == hw.threads
