@@ -164,3 +164,16 @@ def check_recipe_fits(recipe: "Recipe", path: Path) -> MemoryEstimate:
             "or add processes with a ZeRO config under distributed."
         )
     return estimate
+
+
+def main() -> None:
+    """``python -m llm_assets.training.memory``: the estimate of every recipe in configs/recipes/."""
+    from llm_assets.recipes import load_all_recipes
+
+    for name, recipe in load_all_recipes().items():
+        limit = recipe.resources.gpu_memory_gb
+        print(f"{name}: {estimate_recipe(recipe).describe()}" + (f"; fits {limit:g} GB" if limit else ""))
+
+
+if __name__ == "__main__":
+    main()
