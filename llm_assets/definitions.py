@@ -1,6 +1,5 @@
 """The code location: one Definitions object merging the domain modules."""
 
-import os
 
 from dagster import Definitions
 

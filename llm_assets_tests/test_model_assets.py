@@ -1,6 +1,5 @@
 """The model half of the graph through Dagster: Pipes subprocesses, the store, checks, resume."""
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -10,9 +9,9 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 
 from llm_assets.demo import register_drops
+from llm_assets.demo_data import write_demo_drops
 from llm_assets.resources import default_resources
 from llm_assets_tests.helpers import write_recipe
-from llm_assets.demo_data import write_demo_drops
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from pathlib import Path
 import pandas as pd
 from dagster import (
     AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetsDefinition,
@@ -23,6 +22,7 @@ from dagster import (
 from dagster_pandera import pandera_schema_to_dagster_type
 from pydantic import Field
 
+from llm_assets.data.contracts import dataset_schema
 from llm_assets.data.formats import FormatError
 from llm_assets.data.io import read_table, write_dataset, write_quarantine
 from llm_assets.data.pipeline import (
@@ -33,7 +33,6 @@ from llm_assets.data.pipeline import (
     length_stats,
     validate_drop,
 )
-from llm_assets.data.contracts import dataset_schema
 from llm_assets.data.readers import UnreadableFile
 from llm_assets.markdown import markdown_table
 from llm_assets.partitions import DROP_PARTITIONS

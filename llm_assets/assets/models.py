@@ -168,11 +168,9 @@ def build_model_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDef
            description="Supervised fine-tuning (full, LoRA or QLoRA per recipe), loss on completions only; resumes from its last checkpoint.")
     def sft_model(context: AssetExecutionContext, config: TrainingConfig, store: ArtifactStore, launcher: TrainingLauncher) -> MaterializeResult:
         metrics, result = train(context, "sft", store, launcher, config, {"model": model_key("cpt", context.partition_key)}, ("sft",))
-        passed = metrics["eval_loss"] < metrics["parent_eval_loss"]
-        return _with_checks(result, [AssetCheckResult(
-            check_name="sft_beats_parent", passed=passed,
-            metadata={"eval_loss": metrics["eval_loss"], "parent_eval_loss": metrics["parent_eval_loss"]},
-            description=None if passed else "SFT did not lower the held-out loss: check the learning rate, steps and data")])
+        return gate(result, "sft_beats_parent", metrics["eval_loss"] < metrics["parent_eval_loss"],
+                    {"eval_loss": metrics["eval_loss"], "parent_eval_loss": metrics["parent_eval_loss"]},
+                    "SFT did not lower the held-out loss: check the learning rate, steps and data")
 
     @asset(**common, code_version="1", deps=["sft_model", *data_deps("preference")],
            check_specs=[AssetCheckSpec("reward_accuracy_above_threshold", asset="reward_model", blocking=True,
@@ -182,14 +180,12 @@ def build_model_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDef
         recipe = recipe_of(context)
         if recipe.reward is None:
             result = passthrough(context, "reward", "sft", store, "the recipe has no reward group (no reward model)")
-            return _with_checks(result, [AssetCheckResult(check_name="reward_accuracy_above_threshold", passed=True,
-                                                          description="skipped: the recipe trains no reward model")])
+            return gate(result, "reward_accuracy_above_threshold", True, {"skipped": "the recipe trains no reward model"})
         metrics, result = train(context, "reward", store, launcher, config, {"model": model_key(recipe.reward.base, recipe.name)}, ("preference",))
-        passed = metrics["reward_accuracy"] >= recipe.reward.min_accuracy
-        return _with_checks(result, [AssetCheckResult(
-            check_name="reward_accuracy_above_threshold", passed=passed,
-            metadata={"reward_accuracy": metrics["reward_accuracy"], "threshold": recipe.reward.min_accuracy},
-            description=None if passed else f"accuracy {metrics['reward_accuracy']:.1%} is below reward.min_accuracy {recipe.reward.min_accuracy:.0%}")])
+        accuracy, threshold = metrics["reward_accuracy"], recipe.reward.min_accuracy
+        return gate(result, "reward_accuracy_above_threshold", accuracy >= threshold,
+                    {"reward_accuracy": accuracy, "threshold": threshold},
+                    f"accuracy {accuracy:.1%} is below reward.min_accuracy {threshold:.0%}")
 
     @asset(**common, code_version="1", deps=["sft_model", "reward_model", *data_deps("preference", "sft")],
            description="RLOO / GRPO against the reward model with a KL penalty to SFT, or offline DPO; reward, win rate and KL reported.")
@@ -210,18 +206,16 @@ def build_model_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDef
         recipe = recipe_of(context)
         if recipe.quantization is None:
             result = passthrough(context, "quantize", "rlhf", store, "the recipe has no quantization group")
-            return _with_checks(result, [AssetCheckResult(check_name="eval_loss_delta_within_bound", passed=True,
-                                                          description="skipped: the recipe does not quantize")])
+            return gate(result, "eval_loss_delta_within_bound", True, {"skipped": "the recipe does not quantize"})
         metrics, result = train(context, "quantize", store, launcher, config, {"model": model_key("rlhf", recipe.name)}, ("sft",))
-        bound = recipe.quantization.max_eval_loss_delta
-        passed = metrics["eval_loss_delta"] <= bound
-        return _with_checks(result, [AssetCheckResult(
-            check_name="eval_loss_delta_within_bound", passed=passed,
-            metadata={"eval_loss_delta": metrics["eval_loss_delta"], "bound": bound},
-            description=None if passed else f"quantization costs {metrics['eval_loss_delta']:.4f} eval loss, more than {bound}")])
+        delta, bound = metrics["eval_loss_delta"], recipe.quantization.max_eval_loss_delta
+        return gate(result, "eval_loss_delta_within_bound", delta <= bound, {"eval_loss_delta": delta, "bound": bound},
+                    f"quantization costs {delta:.4f} eval loss, more than {bound}")
 
     return [base_model, cpt_model, sft_model, reward_model, rlhf_policy, quantized_model]
 
 
-def _with_checks(result: MaterializeResult, checks: list[AssetCheckResult]) -> MaterializeResult:
-    return MaterializeResult(data_version=result.data_version, metadata=result.metadata, check_results=checks)
+def gate(result: MaterializeResult, check: str, passed: bool, metadata: dict[str, Any], failure: str = "") -> MaterializeResult:
+    """``result`` with the outcome of its blocking check (a failure stops everything downstream)."""
+    outcome = AssetCheckResult(check_name=check, passed=passed, metadata=metadata, description=None if passed else failure)
+    return MaterializeResult(data_version=result.data_version, metadata=result.metadata, check_results=[outcome])

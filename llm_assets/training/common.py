@@ -42,6 +42,14 @@ def last_complete_checkpoint(directory: str | None) -> str | None:
     return str(max(done)[1]) if done else None
 
 
+def train_resuming(trainer, reporter, stage: str):
+    """``trainer.train()``, from the last complete checkpoint a killed run of the same spec left."""
+    resume = last_complete_checkpoint(trainer.args.output_dir)
+    if resume:
+        reporter.log(f"[{stage}] resuming from {resume}")
+    return trainer.train(resume_from_checkpoint=resume), resume
+
+
 def trainer_args(group: TrainGroup, spec: StageSpec, hw: Hardware, **extra: Any) -> dict[str, Any]:
     """Keyword arguments for a TRL config (they all extend ``TrainingArguments``)."""
     recipe = spec.parsed_recipe

@@ -6,7 +6,7 @@ from typing import Any
 
 from trl import SFTConfig, SFTTrainer
 
-from llm_assets.training.common import hardware_for, last_complete_checkpoint, quiet, save_trained, trainer_args, write_metrics
+from llm_assets.training.common import hardware_for, quiet, save_trained, train_resuming, trainer_args, write_metrics
 from llm_assets.training.data import load_rows, text_dataset
 from llm_assets.training.evaluate import text_loss
 from llm_assets.training.models import load_causal_lm, load_tokenizer
@@ -29,10 +29,7 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
                      packing=recipe.data.packing, completion_only_loss=False)
     callback = LogCallback(reporter, "cpt")
     trainer = quiet(SFTTrainer(model=model, args=args, train_dataset=text_dataset(train), processing_class=tok, callbacks=[callback]))
-    resume = last_complete_checkpoint(args.output_dir)
-    if resume:
-        reporter.log(f"[cpt] resuming from {resume}")
-    result = trainer.train(resume_from_checkpoint=resume)
+    result, resume = train_resuming(trainer, reporter, "cpt")
     if not save_trained(trainer, tok, spec.output_dir):
         return {}
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from trl import RewardConfig, RewardTrainer
 
-from llm_assets.training.common import hardware_for, last_complete_checkpoint, lora_config, quiet, save_trained, trainer_args, write_metrics
+from llm_assets.training.common import hardware_for, lora_config, quiet, save_trained, train_resuming, trainer_args, write_metrics
 from llm_assets.training.data import load_rows, preference_dataset
 from llm_assets.training.evaluate import pairwise_accuracy
 from llm_assets.training.models import is_adapter, load_causal_lm, load_reward_model, load_tokenizer
@@ -38,10 +38,7 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     callback = LogCallback(reporter, "reward")
     trainer = quiet(RewardTrainer(model=model, args=args, train_dataset=preference_dataset(train, template), processing_class=tok,
                                   peft_config=lora_config(recipe, "SEQ_CLS") if recipe.sft.method != "full" else None, callbacks=[callback]))
-    resume = last_complete_checkpoint(args.output_dir)
-    if resume:
-        reporter.log(f"[reward] resuming from {resume}")
-    result = trainer.train(resume_from_checkpoint=resume)
+    result, resume = train_resuming(trainer, reporter, "reward")
     if not save_trained(trainer, tok, spec.output_dir, merge_adapter=True):
         return {}
 

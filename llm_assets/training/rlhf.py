@@ -13,7 +13,14 @@ from typing import Any
 from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from llm_assets.training.common import (
-    hardware_for, last_complete_checkpoint, lora_config, model_kwargs, quiet, save_trained, trainer_args, write_metrics,
+    hardware_for,
+    lora_config,
+    model_kwargs,
+    quiet,
+    save_trained,
+    train_resuming,
+    trainer_args,
+    write_metrics,
 )
 from llm_assets.training.data import load_rows, preference_dataset, prompt_dataset
 from llm_assets.training.evaluate import exact_match, generate, kl_to_reference, reward_scores
@@ -72,10 +79,7 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
                           processing_class=tok, reward_processing_classes=tok, peft_config=peft, callbacks=[callback])
     quiet(trainer)
     reporter.log(f"[rlhf] {g.algorithm} on {len(train)} prompts, beta {g.beta}, {hw.why}")
-    resume = last_complete_checkpoint(args.output_dir)
-    if resume:
-        reporter.log(f"[rlhf] resuming from {resume}")
-    result = trainer.train(resume_from_checkpoint=resume)
+    result, resume = train_resuming(trainer, reporter, "rlhf")
     if not save_trained(trainer, tok, spec.output_dir, merge_adapter=True):
         return {}
     final = load_causal_lm(spec.output_dir)

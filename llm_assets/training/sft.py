@@ -15,7 +15,14 @@ from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
 
 from llm_assets.training.common import (
-    hardware_for, last_complete_checkpoint, lora_config, model_kwargs, quantization_config, quiet, save_trained, trainer_args,
+    hardware_for,
+    lora_config,
+    model_kwargs,
+    quantization_config,
+    quiet,
+    save_trained,
+    train_resuming,
+    trainer_args,
     write_metrics,
 )
 from llm_assets.training.data import load_rows, sft_dataset
@@ -58,10 +65,7 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     callback = LogCallback(reporter, "sft")
     trainer = quiet(SFTTrainer(model=model, args=args, train_dataset=sft_dataset(train, template), processing_class=tok,
                          peft_config=lora_config(recipe) if group.method != "full" else None, callbacks=[callback]))
-    resume = last_complete_checkpoint(args.output_dir)
-    if resume:
-        reporter.log(f"[sft] resuming from {resume}")
-    result = trainer.train(resume_from_checkpoint=resume)
+    result, resume = train_resuming(trainer, reporter, "sft")
     trainable = parameter_count(trainer.model, trainable_only=True)
     if not save_trained(trainer, tok, spec.output_dir):
         return {}
