@@ -71,13 +71,16 @@ def test_rlhf_algorithms(chain, datasets, algorithm):
     assert m["kl_to_sft"] >= 0
 
 
-def test_quantization_round_trip(chain, datasets):
-    tmp, recipe, _ = chain
-    m = run_stage("quantize", spec_for(tmp, "quantize", recipe, datasets, {"model": str(tmp / "sft")}), Reporter())
-    assert m["quantized_bytes"] < m["unquantized_bytes"] and m["linear_bytes_ratio"] <= 0.15
+@pytest.mark.parametrize("bits, layer, max_ratio", [(4, "Linear4bit", 0.15), (8, "Linear8bitLt", 0.30)])
+def test_quantization_round_trip(chain, datasets, bits, layer, max_ratio):
+    tmp, _, _ = chain
+    recipe = write_recipe(tmp / f"recipes-q{bits}", quantization={"bits": bits})
+    out = tmp / f"quantize-{bits}"
+    m = run_stage("quantize", spec_for(tmp, "quantize", recipe, datasets, {"model": str(tmp / "sft")}, out=out), Reporter())
+    assert m["bits"] == bits and m["quantized_bytes"] < m["unquantized_bytes"] and m["linear_bytes_ratio"] <= max_ratio
     assert abs(m["eval_loss_delta"]) < 0.5
-    reloaded = load_causal_lm(tmp / "quantize")  # the saved 4-bit checkpoint loads back and runs
-    assert type(reloaded.model.layers[0].mlp.up_proj).__name__ == "Linear4bit"
+    reloaded = load_causal_lm(out)  # the saved quantized checkpoint loads back and runs
+    assert type(reloaded.model.layers[0].mlp.up_proj).__name__ == layer
     ids = torch.tensor([[1, 2, 3]])
     assert torch.isfinite(reloaded(ids).logits).all()
 
