@@ -6,6 +6,7 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
+from transformers import set_seed
 from trl import RewardConfig, RewardTrainer
 
 from llm_assets.training.common import hardware_for, lora_config, quiet, save_trained, train_resuming, trainer_args, write_metrics
@@ -29,6 +30,7 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
         if is_adapter(init):  # a LoRA SFT model: merge it so the reward model starts from the fine-tuned weights
             load_causal_lm(init).save_pretrained(merged)
             init = merged
+        set_seed(group.seed)  # the new score head's initial weights: same recipe, same reward model
         model = load_reward_model(init, hw.torch_dtype)
     model.config.pad_token_id = tok.pad_token_id
     before = pairwise_accuracy(model, tok, held_out, template, recipe.data.max_length)
