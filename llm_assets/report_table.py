@@ -38,7 +38,8 @@ def stage_rows(metrics: dict[str, dict[str, Any]], passthrough: dict[str, str]) 
             add("reward", "pairwise accuracy", m.get("parent_reward_accuracy"), m.get("reward_accuracy"), "untrained head", pct=True)
         elif stage == "rlhf":
             if "mean_reward" in m:
-                add("rlhf", "mean reward", m.get("sft_mean_reward"), m.get("mean_reward"), "sft")
+                add("rlhf", "mean reward (sampled)", m.get("sft_mean_reward"), m.get("mean_reward"), "sft")
+                add("rlhf", "mean reward (greedy)", m.get("sft_greedy_mean_reward"), m.get("greedy_mean_reward"), "sft")
                 add("rlhf", "win rate vs SFT", 0.5, m.get("win_rate_vs_sft"), "sft", pct=True)
                 add("rlhf", "KL to SFT", 0.0, m.get("kl_to_sft"), "sft")
             add("rlhf", "exact match", m.get("parent_exact_match"), m.get("exact_match"), "sft", pct=True)

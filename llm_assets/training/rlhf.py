@@ -30,17 +30,25 @@ from llm_assets.training.spec import StageSpec
 
 
 def judge(policy, reference, rm, tok, prompts, recipe) -> dict[str, float]:
-    """Reward of greedy replies, win rate against the reference, and KL on sampled replies."""
+    """What RL optimises, expected reward of sampled replies, for the policy and the SFT reference
+    (same prompts, same sampling seed), the win rate of one against the other, KL on the policy's
+    samples, and for transparency the same rewards for greedy replies."""
     g = recipe.rlhf
     t, L = recipe.data.chat_template, recipe.data.max_length
-    ref_replies = generate(reference, tok, prompts, t, g.max_new_tokens)
-    pol_replies = generate(policy, tok, prompts, t, g.max_new_tokens)
-    ref_r = reward_scores(rm, tok, prompts, ref_replies, t, L)
-    pol_r = reward_scores(rm, tok, prompts, pol_replies, t, L)
+
+    def rewards(model, sample: bool) -> tuple[list[str], list[float]]:
+        replies = generate(model, tok, prompts, t, g.max_new_tokens, do_sample=sample, temperature=g.temperature)
+        return replies, reward_scores(rm, tok, prompts, replies, t, L)
+
+    pol_samples, pol_r = rewards(policy, True)
+    _, ref_r = rewards(reference, True)
+    _, pol_greedy = rewards(policy, False)
+    _, ref_greedy = rewards(reference, False)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(pol_r, ref_r))
-    sampled = generate(policy, tok, prompts, t, g.max_new_tokens, do_sample=True, temperature=g.temperature)
-    return {"sft_mean_reward": sum(ref_r) / len(ref_r), "mean_reward": sum(pol_r) / len(pol_r),
-            "win_rate_vs_sft": wins / len(prompts), "kl_to_sft": kl_to_reference(policy, reference, tok, prompts, sampled, t, L)}
+    return {"sft_mean_reward": mean(ref_r), "mean_reward": mean(pol_r), "win_rate_vs_sft": wins / len(prompts),
+            "sft_greedy_mean_reward": mean(ref_greedy), "greedy_mean_reward": mean(pol_greedy),
+            "kl_to_sft": kl_to_reference(policy, reference, tok, prompts, pol_samples, t, L)}
 
 
 def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
