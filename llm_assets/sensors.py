@@ -1,5 +1,9 @@
-"""landing_sensor: every new file in the landing zone becomes a drop partition and a run."""
+"""landing_sensor: every settled new file (or new content) in the landing zone becomes a drop
+partition and a run of its kind's data job, exactly once (see ``llm_assets.drops``)."""
 
+import json
+import os
+import time
 
 from dagster import (
     AddDynamicPartitionsRequest,
@@ -10,25 +14,37 @@ from dagster import (
     sensor,
 )
 
+from llm_assets.assets.data import SHA_TAG
+from llm_assets.drops import load_cursor, plan_drops
 from llm_assets.jobs import data_jobs
 from llm_assets.partitions import DROP_PARTITIONS
 from llm_assets.resources.landing import KINDS, LandingZone
 
 
+def settle_seconds() -> float:
+    return float(os.environ.get("LLM_ASSETS_SETTLE_SECONDS", "10"))
+
+
 @sensor(
-    name="landing_sensor", jobs=list(data_jobs.values()), minimum_interval_seconds=30,
-    default_status=DefaultSensorStatus.RUNNING, description="Turns each landed file into a drop partition and validates it.",
+    name="landing_sensor", jobs=list(data_jobs.values()), minimum_interval_seconds=15,
+    default_status=DefaultSensorStatus.RUNNING, description="Turns each settled landed file into a drop partition and validates it.",
 )
 def landing_sensor(context: SensorEvaluationContext, landing: LandingZone) -> SensorResult:
     zone = landing.open()
+    cursor = load_cursor(context.cursor)
     run_requests, partition_requests = [], []
     for kind in KINDS:
         scan = zone.scan(kind)
         for name, why in scan.refused:
             context.log.warning(f"landing/{kind}/{name} ignored: {why}")
         known = set(context.instance.get_dynamic_partitions(DROP_PARTITIONS[kind].name))
-        new = sorted({f.key for f in scan.files} - known)
-        if new:
-            partition_requests.append(AddDynamicPartitionsRequest(DROP_PARTITIONS[kind].name, new))
-            run_requests += [RunRequest(job_name=data_jobs[kind].name, partition_key=k, run_key=f"{kind}/{k}") for k in new]
-    return SensorResult(run_requests=run_requests, dynamic_partitions_requests=partition_requests)
+        plan = plan_drops(kind, scan.files, cursor, known, time.time(), settle_seconds(), zone.read)
+        cursor = plan.cursor
+        for note in plan.notes:
+            context.log.info(note)
+        if plan.new:
+            partition_requests.append(AddDynamicPartitionsRequest(DROP_PARTITIONS[kind].name, [d.key for d in plan.new]))
+            run_requests += [RunRequest(job_name=data_jobs[kind].name, partition_key=d.key, run_key=f"{kind}/{d.key}",
+                                        tags={SHA_TAG: d.sha256}) for d in plan.new]
+    return SensorResult(run_requests=run_requests, dynamic_partitions_requests=partition_requests,
+                        cursor=json.dumps(cursor, sort_keys=True))

@@ -2,6 +2,7 @@
 (validated, scrubbed, de-duplicated, split; quarantine beside it), one partition per drop."""
 
 
+import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -34,6 +35,7 @@ from llm_assets.data.pipeline import (
     validate_drop,
 )
 from llm_assets.data.readers import UnreadableFile
+from llm_assets.drops import split_key
 from llm_assets.markdown import markdown_table
 from llm_assets.partitions import DROP_PARTITIONS
 from llm_assets.recipes import RecipeError, load_all_recipes
@@ -41,6 +43,7 @@ from llm_assets.resources.landing import KINDS, LandingZone
 from llm_assets.resources.store import ArtifactStore, sha256_file
 
 MAPPING_FILE = "mapping.yaml"
+SHA_TAG = "llm_assets/sha256"  # set by landing_sensor on the runs it requests
 
 
 class DatasetConfig(Config):
@@ -103,6 +106,19 @@ def dataset_checks(kind: str, result: DropResult, stored: pd.DataFrame, max_rate
     ]
 
 
+def check_content(context: AssetExecutionContext, kind: str, data: bytes) -> None:
+    """A drop is immutable: its snapshot must be the content it was registered with (``name@sha8``
+    keys and the sensor's run tag say which); later content of the same file is another drop."""
+    sha = hashlib.sha256(data).hexdigest()
+    _, prefix = split_key(context.partition_key)
+    expected = context.run.tags.get(SHA_TAG) or prefix
+    if expected and not sha.startswith(expected):
+        raise Failure(description=(
+            f"{kind} drop {context.partition_key!r} was registered with content {expected[:8]}..., but the landed file "
+            f"now has {sha[:8]}...: it changed after the drop was created. The landing sensor makes the new content "
+            "its own drop; this one cannot be snapshotted any more."))
+
+
 def build_data_assets(kind: str) -> list[AssetsDefinition]:
     partitions = DROP_PARTITIONS[kind]
 
@@ -118,6 +134,7 @@ def build_data_assets(kind: str) -> list[AssetsDefinition]:
         except (FileNotFoundError, ValueError) as e:
             raise Failure(description=str(e)) from None
         data = zone.read(landed)
+        check_content(context, kind, data)
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / landed.name).write_bytes(data)
             if override:

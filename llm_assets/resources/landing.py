@@ -93,9 +93,11 @@ class Landing:
         return Scan(files, refused)
 
     def find(self, kind: str, key: str) -> LandedFile:
+        """The landed file of drop ``key`` (``name`` or ``name@sha8`` for later content of the same name)."""
+        base = key.rpartition("@")[0] or key
         scan = self.scan(kind)
         for f in scan.files:
-            if f.key == key:
+            if f.key == base:
                 return f
         names = ", ".join(f.name for f in scan.files[:20]) or "none"
         raise FileNotFoundError(
