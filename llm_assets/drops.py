@@ -17,9 +17,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Callable
 
-from llm_assets.resources.landing import LandedFile, drop_key
-
-VERSION_SEPARATOR = "@"
+from llm_assets.resources.landing import VERSION_SEPARATOR, LandedFile, drop_key
 
 
 @dataclass
@@ -39,12 +37,6 @@ class Plan:
 
 def versioned_key(name: str, sha256: str) -> str:
     return f"{drop_key(name)}{VERSION_SEPARATOR}{sha256[:8]}"
-
-
-def split_key(key: str) -> tuple[str, str | None]:
-    """(key of the file name, content-hash prefix or None) of a drop partition key."""
-    base, sep, prefix = key.rpartition(VERSION_SEPARATOR)
-    return (base, prefix) if sep else (key, None)
 
 
 def signature(f: LandedFile) -> str:

@@ -35,11 +35,10 @@ from llm_assets.data.pipeline import (
     validate_drop,
 )
 from llm_assets.data.readers import UnreadableFile
-from llm_assets.drops import split_key
 from llm_assets.markdown import markdown_table
 from llm_assets.partitions import DROP_PARTITIONS
 from llm_assets.recipes import RecipeError, load_all_recipes
-from llm_assets.resources.landing import KINDS, LandingZone
+from llm_assets.resources.landing import KINDS, LandingZone, split_key
 from llm_assets.resources.store import ArtifactStore, sha256_file
 
 MAPPING_FILE = "mapping.yaml"

@@ -23,6 +23,7 @@ DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 SIDECAR_SUFFIX = ".mapping.yaml"  # "<file>.mapping.yaml" overrides the detected format of "<file>"
 IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".uploading", "~")
 SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+VERSION_SEPARATOR = "@"  # "<key>@<sha8>": later content of a file name (never in a key drop_key makes)
 
 
 class DropNameError(ValueError):
@@ -42,6 +43,12 @@ def drop_key(name: str) -> str:
         return name
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", unicodedata.normalize("NFKD", name)).strip("._-")[:180] or "drop"
     return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def split_key(key: str) -> tuple[str, str | None]:
+    """(key of the file name, content-hash prefix or None) of a drop partition key."""
+    base, sep, prefix = key.rpartition(VERSION_SEPARATOR)
+    return (base, prefix) if sep else (key, None)
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,7 @@ class Landing:
 
     def find(self, kind: str, key: str) -> LandedFile:
         """The landed file of drop ``key`` (``name`` or ``name@sha8`` for later content of the same name)."""
-        base = key.rpartition("@")[0] or key
+        base, _ = split_key(key)
         scan = self.scan(kind)
         for f in scan.files:
             if f.key == base:
