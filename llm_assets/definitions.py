@@ -5,6 +5,7 @@ from dagster import Definitions
 
 from llm_assets.assets.data import data_assets
 from llm_assets.assets.models import build_model_assets
+from llm_assets.assets.recipes import build_recipe_asset
 from llm_assets.assets.reports import build_report_assets
 from llm_assets.jobs import build_jobs
 from llm_assets.partitions import recipe_partitions
@@ -15,7 +16,7 @@ from llm_assets.sensors import landing_sensor
 def build_definitions() -> Definitions:
     """Built from configs/recipes/ (or LLM_ASSETS_RECIPES_DIR) as it is now: one partition per recipe file."""
     recipes = recipe_partitions()
-    model_assets = build_model_assets(recipes) + build_report_assets(recipes)
+    model_assets = [build_recipe_asset(recipes), *build_model_assets(recipes), *build_report_assets(recipes)]
     return Definitions(
         assets=[*data_assets, *model_assets],
         jobs=build_jobs(recipes),

@@ -141,7 +141,7 @@ def build_model_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDef
 
     common = dict(partitions_def=partitions, group_name="models", pool="training", kinds={"pytorch", "huggingface"})
 
-    @asset(**common, code_version="1", deps=data_deps(*DATA_KINDS),
+    @asset(**common, code_version="1", deps=["recipe", *data_deps(*DATA_KINDS)],
            description="builtin:tiny built from the corpora (BPE tokenizer + fresh weights), or a hub snapshot at the pinned revision.")
     def base_model(context: AssetExecutionContext, config: TrainingConfig, store: ArtifactStore, launcher: TrainingLauncher, hub: HubClient) -> MaterializeResult:
         recipe = recipe_of(context)
@@ -155,14 +155,14 @@ def build_model_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDef
             extra["snapshot"] = str(snapshot)
         return train(context, "base", store, launcher, config, {}, DATA_KINDS, extra)[1]
 
-    @asset(**common, code_version="1", deps=["base_model", *data_deps("pretraining")],
+    @asset(**common, code_version="1", deps=["recipe", "base_model", *data_deps("pretraining")],
            description="Continued pre-training on every validated pre-training drop; the base model itself when the recipe has no cpt group.")
     def cpt_model(context: AssetExecutionContext, config: TrainingConfig, store: ArtifactStore, launcher: TrainingLauncher) -> MaterializeResult:
         if recipe_of(context).cpt is None:
             return passthrough(context, "cpt", "base", store, "the recipe has no cpt group")
         return train(context, "cpt", store, launcher, config, {"model": model_key("base", context.partition_key)}, ("pretraining",))[1]
 
-    @asset(**common, code_version="1", deps=["cpt_model", *data_deps("sft")],
+    @asset(**common, code_version="1", deps=["recipe", "cpt_model", *data_deps("sft")],
            check_specs=[AssetCheckSpec("sft_beats_parent", asset="sft_model", blocking=True,
                                        description="Held-out completion loss below the parent model's.")],
            description="Supervised fine-tuning (full, LoRA or QLoRA per recipe), loss on completions only; resumes from its last checkpoint.")
@@ -172,7 +172,7 @@ def build_model_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDef
                     {"eval_loss": metrics["eval_loss"], "parent_eval_loss": metrics["parent_eval_loss"]},
                     "SFT did not lower the held-out loss: check the learning rate, steps and data")
 
-    @asset(**common, code_version="1", deps=["sft_model", *data_deps("preference")],
+    @asset(**common, code_version="1", deps=["recipe", "sft_model", *data_deps("preference")],
            check_specs=[AssetCheckSpec("reward_accuracy_above_threshold", asset="reward_model", blocking=True,
                                        description="Pairwise accuracy on held-out preference pairs at least reward.min_accuracy.")],
            description="Pairwise reward model (sequence-classification head) on every validated preference drop.")
@@ -187,7 +187,7 @@ def build_model_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDef
                     {"reward_accuracy": accuracy, "threshold": threshold},
                     f"accuracy {accuracy:.1%} is below reward.min_accuracy {threshold:.0%}")
 
-    @asset(**common, code_version="1", deps=["sft_model", "reward_model", *data_deps("preference", "sft")],
+    @asset(**common, code_version="1", deps=["recipe", "sft_model", "reward_model", *data_deps("preference", "sft")],
            description="RLOO / GRPO against the reward model with a KL penalty to SFT, or offline DPO; reward, win rate and KL reported.")
     def rlhf_policy(context: AssetExecutionContext, config: TrainingConfig, store: ArtifactStore, launcher: TrainingLauncher) -> MaterializeResult:
         recipe = recipe_of(context)
@@ -198,7 +198,7 @@ def build_model_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDef
             inputs["reward"] = model_key("reward", recipe.name)
         return train(context, "rlhf", store, launcher, config, inputs, ("preference", "sft"))[1]
 
-    @asset(**common, code_version="1", deps=["rlhf_policy", *data_deps("sft")],
+    @asset(**common, code_version="1", deps=["recipe", "rlhf_policy", *data_deps("sft")],
            check_specs=[AssetCheckSpec("eval_loss_delta_within_bound", asset="quantized_model", blocking=True,
                                        description="Quantized eval loss minus unquantized at most quantization.max_eval_loss_delta.")],
            description="Adapters merged, then bitsandbytes 4-bit NF4 (or 8-bit); size ratio and eval-loss delta reported.")
