@@ -18,7 +18,7 @@ from llm_assets.resources.landing import KINDS
 
 
 def register_drops(instance: DagsterInstance, landing) -> dict[str, list[str]]:
-    """Add a drop partition for every landed file (what landing_sensor does on each tick)."""
+    """Add a drop partition for every landed file: the demo wrote them atomically, so there is nothing to settle."""
     drops = {}
     for kind in KINDS:
         scan = landing.scan(kind)

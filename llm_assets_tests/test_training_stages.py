@@ -95,3 +95,6 @@ def test_lora_and_qlora_sft_write_adapters(chain, datasets):
         assert m["trainable_parameters"] < m.get("total_parameters", 10**9)
         merged = load_causal_lm(out)  # adapter applied to its recorded base and merged
         assert sum(p.numel() for p in merged.parameters()) > m["trainable_parameters"]
+    # a reward model starts from the merged LoRA SFT model
+    reward = run_stage("reward", spec_for(tmp, "reward", recipe, datasets, {"model": str(tmp / "sft-lora")}, out=tmp / "reward-lora"), Reporter())
+    assert reward["steps"] == 4 and (tmp / "reward-lora" / "model.safetensors").exists()

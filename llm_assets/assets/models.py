@@ -87,10 +87,9 @@ def metadata_of(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def train(context: AssetExecutionContext, stage: str, store: ArtifactStore, launcher: TrainingLauncher, config: TrainingConfig,
+def train(context: AssetExecutionContext, recipe: Recipe, stage: str, store: ArtifactStore, launcher: TrainingLauncher, config: TrainingConfig,
           inputs: dict[str, str], kinds: tuple[str, ...], extra_inputs: dict[str, str] | None = None) -> tuple[dict[str, Any], MaterializeResult]:
     """Resolve inputs, launch ``stage``, commit its output. ``inputs``: role -> artifact key."""
-    recipe = recipe_of(context)
     st = store.open()
     artifacts = {role: st.get(key) for role, key in inputs.items()}
     datasets, versions = {}, {}
@@ -119,9 +118,8 @@ def train(context: AssetExecutionContext, stage: str, store: ArtifactStore, laun
     return metrics, result
 
 
-def passthrough(context: AssetExecutionContext, stage: str, source_stage: str, store: ArtifactStore, why: str) -> MaterializeResult:
+def passthrough(context: AssetExecutionContext, recipe: Recipe, stage: str, source_stage: str, store: ArtifactStore, why: str) -> MaterializeResult:
     """A stage the recipe leaves out: its parent's files, committed unchanged (same content, same version)."""
-    recipe = recipe_of(context)
     st = store.open()
     parent = st.get(model_key(source_stage, recipe.name))
     manifest = st.commit(model_key(stage, recipe.name), parent.path, {"recipe_hash": recipe.recipe_hash, "passthrough_of": source_stage})
@@ -153,21 +151,23 @@ def build_model_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDef
             except HubError as e:
                 raise Failure(description=str(e)) from None
             extra["snapshot"] = str(snapshot)
-        return train(context, "base", store, launcher, config, {}, DATA_KINDS, extra)[1]
+        return train(context, recipe, "base", store, launcher, config, {}, DATA_KINDS, extra)[1]
 
     @asset(**common, code_version="1", deps=["recipe", "base_model", *data_deps("pretraining")],
            description="Continued pre-training on every validated pre-training drop; the base model itself when the recipe has no cpt group.")
     def cpt_model(context: AssetExecutionContext, config: TrainingConfig, store: ArtifactStore, launcher: TrainingLauncher) -> MaterializeResult:
-        if recipe_of(context).cpt is None:
-            return passthrough(context, "cpt", "base", store, "the recipe has no cpt group")
-        return train(context, "cpt", store, launcher, config, {"model": model_key("base", context.partition_key)}, ("pretraining",))[1]
+        recipe = recipe_of(context)
+        if recipe.cpt is None:
+            return passthrough(context, recipe, "cpt", "base", store, "the recipe has no cpt group")
+        return train(context, recipe, "cpt", store, launcher, config, {"model": model_key("base", recipe.name)}, ("pretraining",))[1]
 
     @asset(**common, code_version="1", deps=["recipe", "cpt_model", *data_deps("sft")],
            check_specs=[AssetCheckSpec("sft_beats_parent", asset="sft_model", blocking=True,
                                        description="Held-out completion loss below the parent model's.")],
            description="Supervised fine-tuning (full, LoRA or QLoRA per recipe), loss on completions only; resumes from its last checkpoint.")
     def sft_model(context: AssetExecutionContext, config: TrainingConfig, store: ArtifactStore, launcher: TrainingLauncher) -> MaterializeResult:
-        metrics, result = train(context, "sft", store, launcher, config, {"model": model_key("cpt", context.partition_key)}, ("sft",))
+        recipe = recipe_of(context)
+        metrics, result = train(context, recipe, "sft", store, launcher, config, {"model": model_key("cpt", recipe.name)}, ("sft",))
         return gate(result, "sft_beats_parent", metrics["eval_loss"] < metrics["parent_eval_loss"],
                     {"eval_loss": metrics["eval_loss"], "parent_eval_loss": metrics["parent_eval_loss"]},
                     "SFT did not lower the held-out loss: check the learning rate, steps and data")
@@ -179,9 +179,9 @@ def build_model_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDef
     def reward_model(context: AssetExecutionContext, config: TrainingConfig, store: ArtifactStore, launcher: TrainingLauncher) -> MaterializeResult:
         recipe = recipe_of(context)
         if recipe.reward is None:
-            result = passthrough(context, "reward", "sft", store, "the recipe has no reward group (no reward model)")
+            result = passthrough(context, recipe, "reward", "sft", store, "the recipe has no reward group (no reward model)")
             return gate(result, "reward_accuracy_above_threshold", True, {"skipped": "the recipe trains no reward model"})
-        metrics, result = train(context, "reward", store, launcher, config, {"model": model_key(recipe.reward.base, recipe.name)}, ("preference",))
+        metrics, result = train(context, recipe, "reward", store, launcher, config, {"model": model_key(recipe.reward.base, recipe.name)}, ("preference",))
         accuracy, threshold = metrics["reward_accuracy"], recipe.reward.min_accuracy
         return gate(result, "reward_accuracy_above_threshold", accuracy >= threshold,
                     {"reward_accuracy": accuracy, "threshold": threshold},
@@ -192,11 +192,11 @@ def build_model_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDef
     def rlhf_policy(context: AssetExecutionContext, config: TrainingConfig, store: ArtifactStore, launcher: TrainingLauncher) -> MaterializeResult:
         recipe = recipe_of(context)
         if recipe.rlhf is None:
-            return passthrough(context, "rlhf", "sft", store, "the recipe has no rlhf group")
+            return passthrough(context, recipe, "rlhf", "sft", store, "the recipe has no rlhf group")
         inputs = {"model": model_key("sft", recipe.name)}
         if recipe.reward is not None:
             inputs["reward"] = model_key("reward", recipe.name)
-        return train(context, "rlhf", store, launcher, config, inputs, ("preference", "sft"))[1]
+        return train(context, recipe, "rlhf", store, launcher, config, inputs, ("preference", "sft"))[1]
 
     @asset(**common, code_version="1", deps=["recipe", "rlhf_policy", *data_deps("sft")],
            check_specs=[AssetCheckSpec("eval_loss_delta_within_bound", asset="quantized_model", blocking=True,
@@ -205,9 +205,9 @@ def build_model_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDef
     def quantized_model(context: AssetExecutionContext, config: TrainingConfig, store: ArtifactStore, launcher: TrainingLauncher) -> MaterializeResult:
         recipe = recipe_of(context)
         if recipe.quantization is None:
-            result = passthrough(context, "quantize", "rlhf", store, "the recipe has no quantization group")
+            result = passthrough(context, recipe, "quantize", "rlhf", store, "the recipe has no quantization group")
             return gate(result, "eval_loss_delta_within_bound", True, {"skipped": "the recipe does not quantize"})
-        metrics, result = train(context, "quantize", store, launcher, config, {"model": model_key("rlhf", recipe.name)}, ("sft",))
+        metrics, result = train(context, recipe, "quantize", store, launcher, config, {"model": model_key("rlhf", recipe.name)}, ("sft",))
         delta, bound = metrics["eval_loss_delta"], recipe.quantization.max_eval_loss_delta
         return gate(result, "eval_loss_delta_within_bound", delta <= bound, {"eval_loss_delta": delta, "bound": bound},
                     f"quantization costs {delta:.4f} eval loss, more than {bound}")

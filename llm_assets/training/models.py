@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -44,3 +47,15 @@ def load_reward_model(directory: str | Path, dtype: torch.dtype = torch.float32)
 
 def parameter_count(model: torch.nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+@contextmanager
+def whole_model_dir(directory: str | Path, merged: PreTrainedModel | None = None) -> Iterator[str]:
+    """A directory with full weights: ``directory`` itself, or for a LoRA adapter its merge (``merged``
+    when the caller already loaded it) saved to a temporary directory, for loaders that take no adapter."""
+    if not is_adapter(directory):
+        yield str(directory)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        (merged or load_causal_lm(directory)).save_pretrained(tmp)
+        yield tmp

@@ -3,7 +3,6 @@ the SFT model (or the model ``reward.base`` names), trained with TRL's RewardTra
 
 from __future__ import annotations
 
-import tempfile
 from typing import Any
 
 from transformers import set_seed
@@ -12,7 +11,7 @@ from trl import RewardConfig, RewardTrainer
 from llm_assets.training.common import hardware_for, lora_config, quiet, save_trained, train_resuming, trainer_args, write_metrics
 from llm_assets.training.data import load_rows, preference_dataset
 from llm_assets.training.evaluate import pairwise_accuracy
-from llm_assets.training.models import is_adapter, load_causal_lm, load_reward_model, load_tokenizer
+from llm_assets.training.models import load_reward_model, load_tokenizer, whole_model_dir
 from llm_assets.training.report import LogCallback, Reporter
 from llm_assets.training.spec import StageSpec
 
@@ -26,12 +25,9 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     train = load_rows(spec.datasets["preference"], "train")
     held_out = load_rows(spec.datasets["preference"], "eval", spec.options.get("eval_limit"))
     tok = load_tokenizer(init)
-    with tempfile.TemporaryDirectory() as merged:
-        if is_adapter(init):  # a LoRA SFT model: merge it so the reward model starts from the fine-tuned weights
-            load_causal_lm(init).save_pretrained(merged)
-            init = merged
+    with whole_model_dir(init) as start:  # a LoRA SFT model starts the reward model from its merged weights
         set_seed(group.seed)  # the new score head's initial weights: same recipe, same reward model
-        model = load_reward_model(init, hw.torch_dtype)
+        model = load_reward_model(start, hw.torch_dtype)
     model.config.pad_token_id = tok.pad_token_id
     before = pairwise_accuracy(model, tok, held_out, template, recipe.data.max_length)
     reporter.log(f"[reward] {len(train)} pairs, {hw.why}; untrained head accuracy {before['reward_accuracy']:.1%}")

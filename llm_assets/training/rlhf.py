@@ -7,9 +7,9 @@ policy's win rate against SFT as judged by the reward model, and KL(policy || SF
 
 from __future__ import annotations
 
-import tempfile
 from typing import Any
 
+from transformers import AutoModelForCausalLM
 from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from llm_assets.training.common import (
@@ -24,7 +24,7 @@ from llm_assets.training.common import (
 )
 from llm_assets.training.data import load_rows, preference_dataset, prompt_dataset
 from llm_assets.training.evaluate import exact_match, generate, kl_to_reference, reward_scores
-from llm_assets.training.models import is_adapter, load_causal_lm, load_reward_model, load_tokenizer
+from llm_assets.training.models import load_causal_lm, load_reward_model, load_tokenizer, whole_model_dir
 from llm_assets.training.report import LogCallback, Reporter
 from llm_assets.training.spec import StageSpec
 
@@ -63,13 +63,7 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     reference = load_causal_lm(spec.inputs["model"])
     rm = load_reward_model(spec.inputs["reward"]) if "reward" in spec.inputs else None
 
-    with tempfile.TemporaryDirectory() as merged:
-        start = spec.inputs["model"]
-        if is_adapter(start):
-            reference.save_pretrained(merged)
-            start = merged
-        from transformers import AutoModelForCausalLM
-
+    with whole_model_dir(spec.inputs["model"], merged=reference) as start:
         policy = AutoModelForCausalLM.from_pretrained(start, **model_kwargs(hw))
     peft = lora_config(recipe) if recipe.sft.method != "full" else None
     common = trainer_args(g, spec, hw, include_num_input_tokens_seen="no")
