@@ -7,10 +7,11 @@ from llm_assets.assets.data import data_assets
 from llm_assets.assets.models import build_model_assets
 from llm_assets.assets.recipes import build_recipe_asset
 from llm_assets.assets.reports import build_report_assets
+from llm_assets.automation import automation_sensor
 from llm_assets.jobs import build_jobs
 from llm_assets.partitions import recipe_partitions
 from llm_assets.resources import default_resources
-from llm_assets.sensors import landing_sensor
+from llm_assets.sensors import build_recipe_sensor, landing_sensor
 
 
 def build_definitions() -> Definitions:
@@ -20,7 +21,7 @@ def build_definitions() -> Definitions:
     return Definitions(
         assets=[*data_assets, *model_assets],
         jobs=build_jobs(recipes),
-        sensors=[landing_sensor],
+        sensors=[landing_sensor, build_recipe_sensor(recipes), automation_sensor],
         resources=default_resources(),
     )
 

@@ -36,7 +36,7 @@ def register_drops(instance: DagsterInstance, landing) -> dict[str, list[str]]:
 def materialize_data(defs, instance: DagsterInstance, drops: dict[str, list[str]]) -> list[list[object]]:
     rows = []
     for kind, keys in drops.items():
-        job = defs.resolve_job_def(f"{kind}_data_job")
+        job = defs.resolve_job_def(f"{kind}_data_prep_job")
         for key in keys:
             t0 = time.time()
             result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
@@ -58,11 +58,11 @@ def materialize_models(defs, instance: DagsterInstance, recipe: str) -> tuple[bo
     from llm_assets.resources import default_resources
 
     t0 = time.time()
-    result = defs.resolve_job_def("training_job").execute_in_process(partition_key=recipe, instance=instance, raise_on_error=False)
+    result = defs.resolve_job_def("full_pipeline_job").execute_in_process(partition_key=recipe, instance=instance, raise_on_error=False)
     failed = [f"{c.asset_key.path[-1]}.{c.check_name}" for c in result.get_asset_check_evaluations() if not c.passed]
     if not result.success:
         errors = [e.step_failure_data.error.message.strip() for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-        return False, f"training_job failed for recipe {recipe!r}: " + " | ".join(errors + failed)
+        return False, f"full_pipeline_job failed for recipe {recipe!r}: " + " | ".join(errors + failed)
     metrics, passthrough = collect(default_resources()["store"].open(), recipe)
     table = report_markdown(recipe, metrics, passthrough)
     return not failed, f"{table}\n\nwhole graph for recipe {recipe!r}: {time.time() - t0:.0f} s" + (f"; FAILED checks: {failed}" if failed else "")

@@ -1,4 +1,10 @@
-"""Jobs runnable from the UI and the dagster CLI."""
+"""Jobs runnable from the UI and the dagster CLI.
+
+A Dagster job has one partitions definition, so data preparation is one job per drop kind
+(``<kind>_data_prep_job``, partitioned by that kind's drops) and training is partitioned by
+recipe. The automation sensor chains them; ``full_pipeline_job`` is the whole recipe-side graph
+in one run (recipe observation, every model stage, the report) on the data validated so far.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,11 @@ from dagster import AssetSelection, StaticPartitionsDefinition, define_asset_job
 from llm_assets.partitions import DROP_PARTITIONS
 from llm_assets.resources.landing import KINDS
 
-MODEL_ASSETS = ["base_model", "cpt_model", "sft_model", "reward_model", "rlhf_policy", "quantized_model", "model_report"]
+MODEL_ASSETS = ["base_model", "cpt_model", "sft_model", "reward_model", "rlhf_policy", "quantized_model"]
 
 data_jobs = {
     kind: define_asset_job(
-        f"{kind}_data_job",
+        f"{kind}_data_prep_job",
         selection=AssetSelection.assets(f"raw_{kind}_corpus", f"{kind}_dataset"),
         partitions_def=DROP_PARTITIONS[kind],
         description=f"Snapshot and validate one {kind} drop.",
@@ -22,5 +28,7 @@ data_jobs = {
 
 def build_jobs(recipes: StaticPartitionsDefinition) -> list:
     training = define_asset_job("training_job", selection=AssetSelection.assets(*MODEL_ASSETS), partitions_def=recipes,
-                                description="Train, evaluate and quantize one recipe on every validated drop.")
-    return [*data_jobs.values(), training]
+                                description="Train and quantize one recipe on every validated drop: base -> cpt -> sft -> reward -> rlhf -> quantized.")
+    full = define_asset_job("full_pipeline_job", selection=AssetSelection.assets("recipe", *MODEL_ASSETS, "model_report"),
+                            partitions_def=recipes, description="Observe the recipe, train every stage and write the report, in one run.")
+    return [*data_jobs.values(), training, full]

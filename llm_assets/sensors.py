@@ -1,5 +1,9 @@
 """landing_sensor: every settled new file (or new content) in the landing zone becomes a drop
-partition and a run of its kind's data job, exactly once (see ``llm_assets.drops``)."""
+partition and a run of its kind's data job, exactly once (see ``llm_assets.drops``).
+
+recipe_sensor: records an observation of the ``recipe`` source asset whenever a recipe's hash
+changes, so the automation sensor retrains exactly that recipe's partition (no observation runs).
+"""
 
 import json
 import os
@@ -7,17 +11,22 @@ import time
 
 from dagster import (
     AddDynamicPartitionsRequest,
+    AssetObservation,
     DefaultSensorStatus,
     RunRequest,
+    SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
+    StaticPartitionsDefinition,
     sensor,
 )
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from llm_assets.assets.data import SHA_TAG
 from llm_assets.drops import load_cursor, plan_drops
 from llm_assets.jobs import data_jobs
 from llm_assets.partitions import DROP_PARTITIONS
+from llm_assets.recipes import RecipeError, load_recipe, recipe_names
 from llm_assets.resources.landing import KINDS, LandingZone
 
 
@@ -48,3 +57,26 @@ def landing_sensor(context: SensorEvaluationContext, landing: LandingZone) -> Se
                                         tags={SHA_TAG: d.sha256}) for d in plan.new]
     return SensorResult(run_requests=run_requests, dynamic_partitions_requests=partition_requests,
                         cursor=json.dumps(cursor, sort_keys=True))
+
+
+def build_recipe_sensor(partitions: StaticPartitionsDefinition) -> SensorDefinition:
+    @sensor(name="recipe_sensor", minimum_interval_seconds=15, default_status=DefaultSensorStatus.RUNNING,
+            description="Observes the recipe asset when a recipe file's effective content changes.")
+    def recipe_sensor(context: SensorEvaluationContext) -> SensorResult:
+        seen = json.loads(context.cursor) if context.cursor else {}
+        known = set(partitions.get_partition_keys())
+        events = []
+        for name in sorted(known):
+            try:
+                digest = load_recipe(name).recipe_hash
+            except RecipeError as e:
+                context.log.error(f"recipe {name!r} not observed, its models keep their last version: {e}")
+                continue
+            if seen.get(name) != digest:
+                events.append(AssetObservation(asset_key="recipe", partition=name, tags={DATA_VERSION_TAG: digest}))
+                seen[name] = digest
+        for name in sorted(set(recipe_names()) - known):
+            context.log.warning(f"configs/recipes/{name}.yaml is new: reload the code location to add its partition")
+        return SensorResult(asset_events=events, cursor=json.dumps(seen, sort_keys=True))
+
+    return recipe_sensor

@@ -49,7 +49,7 @@ def test_nothing_landed_requests_nothing(landing):
 def test_a_new_file_becomes_one_drop_exactly_once_across_restarts(landing):
     put(landing, "a.jsonl", ROW)
     first = tick()
-    assert [(r.partition_key, r.job_name) for r in first.run_requests] == [("a.jsonl", "sft_data_job")]
+    assert [(r.partition_key, r.job_name) for r in first.run_requests] == [("a.jsonl", "sft_data_prep_job")]
     assert first.run_requests[0].tags["llm_assets/sha256"]
     assert tick(first.cursor).run_requests == []  # the next tick
     assert tick(first.cursor).run_requests == []  # a restarted daemon: a new context with the stored cursor

@@ -28,12 +28,12 @@ def graph(project_env, monkeypatch):
     defs = build_definitions()
     for kind, keys in drops.items():
         for key in keys:
-            assert defs.resolve_job_def(f"{kind}_data_job").execute_in_process(partition_key=key, instance=instance).success
+            assert defs.resolve_job_def(f"{kind}_data_prep_job").execute_in_process(partition_key=key, instance=instance).success
     return defs, instance, recipes
 
 
 def materialize_recipe(defs, instance, recipe="tiny", selection=None):
-    job = defs.resolve_job_def("training_job")
+    job = defs.resolve_job_def("full_pipeline_job")
     if selection:
         job = job.get_subset(asset_selection={AssetKey(a) for a in selection})
     return job.execute_in_process(partition_key=recipe, instance=instance, raise_on_error=False)
@@ -139,3 +139,31 @@ def test_killed_sft_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run
     straight = meta(instance, "sft_model", "straight")
     assert straight["resumed_from"] == ""
     assert abs(straight["eval_loss"] - m["eval_loss"]) < 1e-4
+
+
+def test_tokenization_cache_hits_on_a_learning_rate_change_and_misses_on_a_one_byte_data_change(graph, project_env):
+    defs, instance, recipes = graph
+    assert materialize_recipe(defs, instance, selection=["base_model", "cpt_model", "sft_model"]).success
+    first = meta(instance, "sft_model")
+    assert first["tokenization"] == "computed" and first["tokens_cache"].startswith("cache/tokens/sft/")
+
+    write_recipe(recipes, sft={"learning_rate": 5e-4})  # only the learning rate
+    from llm_assets.definitions import build_definitions
+
+    assert materialize_recipe(build_definitions(), instance, selection=["sft_model"]).success
+    lr_only = meta(instance, "sft_model")
+    assert lr_only["tokenization"] == "cache hit" and lr_only["tokens_cache"] == first["tokens_cache"]
+    assert lr_only["train_loss"] != first["train_loss"]  # it did train again, on the cached tokens
+
+    landing = project_env / "data" / "landing" / "sft"
+    original = next(landing.glob("demo_word_tasks*.jsonl")).read_text()
+    (landing / "changed.jsonl").write_text(original.replace("first", "First", 1))  # one byte
+    drops = register_drops(instance, default_resources()["landing"].open())
+    assert "changed.jsonl" in drops["sft"]
+    defs = build_definitions()
+    assert defs.resolve_job_def("sft_data_prep_job").execute_in_process(partition_key="changed.jsonl", instance=instance).success
+    assert materialize_recipe(defs, instance, selection=["sft_model"]).success
+    changed = meta(instance, "sft_model")
+    assert changed["tokenization"] == "computed" and changed["tokens_cache"] != first["tokens_cache"]
+    store = default_resources()["store"].open()
+    assert store.latest_version(first["tokens_cache"]) and store.latest_version(changed["tokens_cache"])

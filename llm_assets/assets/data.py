@@ -23,6 +23,7 @@ from dagster import (
 from dagster_pandera import pandera_schema_to_dagster_type
 from pydantic import Field
 
+from llm_assets.automation import on_change
 from llm_assets.data.contracts import dataset_schema
 from llm_assets.data.formats import FormatError
 from llm_assets.data.io import read_table, write_dataset, write_quarantine
@@ -151,6 +152,7 @@ def build_data_assets(kind: str) -> list[AssetsDefinition]:
 
     @asset(
         name=f"{kind}_dataset", partitions_def=partitions, group_name="data", code_version="1", deps=[raw_corpus], kinds={"parquet", "pandera"},
+        automation_condition=on_change(),
         description=f"Validated {kind} rows in canonical form, PII scrubbed, de-duplicated, split by content hash; rejected rows in the quarantine table.",
         check_specs=[
             AssetCheckSpec("contract_holds", asset=f"{kind}_dataset", blocking=True, description="Every stored row satisfies the pandera dataset contract."),

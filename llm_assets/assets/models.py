@@ -27,13 +27,17 @@ from dagster import (
 from pydantic import Field
 
 from llm_assets.assets.data import dataset_key
+from llm_assets.automation import on_change
 from llm_assets.markdown import markdown_table
 from llm_assets.paths import default_data_dir
 from llm_assets.recipes import Recipe, RecipeError, load_recipe
 from llm_assets.resources.hub import HubClient, HubError, check_architecture
 from llm_assets.resources.launcher import TrainingLauncher
 from llm_assets.resources.store import ArtifactStore, Store
+from llm_assets.tokens_cache import TOKENS_FILE, cache_key, tokenizer_digest
 from llm_assets.training.spec import StageSpec
+
+CACHED_STAGES = ("sft",)
 
 DATA_KINDS = ("pretraining", "sft", "preference")
 
@@ -96,22 +100,33 @@ def train(context: AssetExecutionContext, recipe: Recipe, stage: str, store: Art
     for kind in kinds:
         datasets[kind], used = validated_datasets(context, st, kind)
         versions.update({f"{kind}/{d}": v for d, v in used.items()})
+    data_versions = dict(versions)
     versions.update({role: a.version for role, a in artifacts.items()})
     work = Path(tempfile.mkdtemp(prefix=f"{stage}-", dir=_ensure(default_data_dir() / "work")))
     spec = StageSpec(stage=stage, recipe=recipe.model_dump(mode="json"), output_dir=str(work / "out"),
                      inputs={**{r: str(a.path) for r, a in artifacts.items()}, **(extra_inputs or {})},
                      datasets=datasets, options={"eval_limit": config.eval_limit})
     spec.checkpoint_dir = str(launcher.checkpoints() / stage / recipe.name / spec.fingerprint(versions))
+    cache = None
+    if stage in CACHED_STAGES:
+        cache = cache_key(stage, data_versions, tokenizer_digest(artifacts["model"].manifest.files),
+                          recipe.data.chat_template, recipe.data.max_length)
+        if st.latest_version(cache) is not None:
+            spec.inputs["tokens"] = str(st.get(cache).path)
+        else:
+            spec.options["tokens_out"] = str(work / "tokens")
     try:
         metrics = launcher.run(context, spec)
         manifest = st.commit(model_key(stage, recipe.name), work / "out",
                              {"recipe_hash": recipe.recipe_hash, "inputs": versions, "stage": stage})
     finally:
+        if cache and (work / "tokens" / TOKENS_FILE).exists():  # kept even when training failed: it is valid
+            st.commit(cache, work / "tokens", {"stage": stage, "inputs": data_versions})
         shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(spec.checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
     result = MaterializeResult(
         data_version=DataVersion(manifest.version),
-        metadata={**metadata_of(metrics), "recipe_hash": recipe.recipe_hash, "drops_used": MetadataValue.json(versions),
+        metadata={**metadata_of(metrics), **({"tokens_cache": cache} if cache else {}), "recipe_hash": recipe.recipe_hash, "drops_used": MetadataValue.json(versions),
                   "artifact": f"{st.root}/{model_key(stage, recipe.name)}/versions/{manifest.version}",
                   "artifact_bytes": manifest.total_bytes},
     )
@@ -137,7 +152,8 @@ def build_model_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDef
     def data_deps(*kinds: str) -> list[AssetDep]:
         return [AssetDep(f"{k}_dataset", partition_mapping=AllPartitionMapping()) for k in kinds]
 
-    common = dict(partitions_def=partitions, group_name="models", pool="training", kinds={"pytorch", "huggingface"})
+    common = dict(partitions_def=partitions, group_name="models", pool="training", kinds={"pytorch", "huggingface"},
+                  automation_condition=on_change())
 
     @asset(**common, code_version="1", deps=["recipe", *data_deps(*DATA_KINDS)],
            description="builtin:tiny built from the corpora (BPE tokenizer + fresh weights), or a hub snapshot at the pinned revision.")

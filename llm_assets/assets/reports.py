@@ -5,6 +5,7 @@ import json
 from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, StaticPartitionsDefinition, asset
 
 from llm_assets.assets.models import model_key
+from llm_assets.automation import on_change
 from llm_assets.report_table import report_markdown
 from llm_assets.resources.store import ArtifactStore
 
@@ -23,7 +24,7 @@ def collect(store, recipe: str) -> tuple[dict, dict]:
 
 
 def build_report_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDefinition]:
-    @asset(partitions_def=partitions, group_name="reports", code_version="1",
+    @asset(partitions_def=partitions, group_name="reports", code_version="1", automation_condition=on_change(),
            deps=["base_model", "cpt_model", "sft_model", "reward_model", "rlhf_policy", "quantized_model"],
            description="Before -> after figures of every stage of the recipe, from the stages' own measurements.")
     def model_report(context: AssetExecutionContext, store: ArtifactStore) -> MaterializeResult:

@@ -25,12 +25,6 @@ def plain(messages: list[dict[str, str]]) -> str:
     return "\n".join(m["content"] for m in messages) + "\n"
 
 
-def sft_dataset(rows: list[dict[str, Any]], template: str) -> Dataset:
-    if template == "plain":
-        return Dataset.from_list([{"prompt": plain(r["prompt"]), "completion": r["completion"]} for r in rows])
-    return Dataset.from_list([{"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["completion"]}]} for r in rows])
-
-
 def preference_dataset(rows: list[dict[str, Any]], template: str) -> Dataset:
     if template == "plain":
         return Dataset.from_list([{"prompt": plain(r["prompt"]), "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])

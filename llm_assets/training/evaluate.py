@@ -9,29 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llm_assets.training.data import plain
-
-
-def _prompt_text(tok, prompt: list[dict[str, str]], template: str) -> str:
-    if template == "plain":
-        return plain(prompt)
-    return tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-
-
-def _full_text(tok, prompt: list[dict[str, str]], reply: str, template: str) -> str:
-    if template == "plain":
-        return plain(prompt) + reply + tok.eos_token
-    return tok.apply_chat_template(prompt + [{"role": "assistant", "content": reply}], tokenize=False)
-
-
-def _pairs(tok, prompts, replies, template: str, max_length: int) -> list[tuple[list[int], int]]:
-    """(token ids of prompt+reply, index where the reply starts), truncated to max_length."""
-    out = []
-    for p, r in zip(prompts, replies):
-        p_ids = tok(_prompt_text(tok, p, template), add_special_tokens=False)["input_ids"]
-        f_ids = tok(_full_text(tok, p, r, template), add_special_tokens=False)["input_ids"]
-        out.append((f_ids[:max_length], min(len(p_ids), max_length)))
-    return out
+from llm_assets.training.tokens import encode_pairs, full_text, prompt_text
 
 
 def _batches(items: list, size: int):
@@ -44,7 +22,7 @@ def reply_logprobs(model, tok, prompts, replies, template: str, max_length: int,
     """Per example: log p of each reply token given everything before it."""
     model.eval()
     out = []
-    for batch in _batches(_pairs(tok, prompts, replies, template, max_length), batch_size):
+    for batch in _batches(encode_pairs(tok, prompts, replies, template, max_length), batch_size):
         width = max(len(ids) for ids, _ in batch)
         ids = torch.full((len(batch), width), tok.pad_token_id)
         mask = torch.zeros_like(ids)
@@ -90,7 +68,7 @@ def generate(model, tok, prompts, template: str, max_new_tokens: int, do_sample:
     out = []
     try:
         for batch in _batches(list(prompts), batch_size):
-            enc = tok([_prompt_text(tok, p, template) for p in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tok([prompt_text(tok, p, template) for p in batch], return_tensors="pt", padding=True, add_special_tokens=False)
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature if do_sample else None,
                                  top_p=None, top_k=None, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
             out += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -109,7 +87,7 @@ def exact_match(model, tok, rows: list[dict[str, Any]], template: str, max_new_t
 @torch.no_grad()
 def reward_scores(rm, tok, prompts, replies, template: str, max_length: int, batch_size: int = 32) -> list[float]:
     rm.eval()
-    texts = [_full_text(tok, p, r, template) for p, r in zip(prompts, replies)]
+    texts = [full_text(tok, p, r, template) for p, r in zip(prompts, replies)]
     scores = []
     for batch in _batches(texts, batch_size):
         enc = tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length, add_special_tokens=False)

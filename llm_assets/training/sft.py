@@ -8,9 +8,11 @@ optimizer, scheduler, RNG and data position the Trainer saved.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+from datasets import Dataset
 from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
 
@@ -25,11 +27,12 @@ from llm_assets.training.common import (
     trainer_args,
     write_metrics,
 )
-from llm_assets.training.data import load_rows, sft_dataset
+from llm_assets.training.data import load_rows
 from llm_assets.training.evaluate import completion_loss, exact_match
 from llm_assets.training.models import load_causal_lm, load_tokenizer, parameter_count
 from llm_assets.training.report import LogCallback, Reporter
 from llm_assets.training.spec import StageSpec
+from llm_assets.training.tokens import read_tokens, sft_tokens, write_tokens
 
 
 def measure(model, tok, rows, recipe) -> dict[str, Any]:
@@ -46,12 +49,32 @@ def load_for_training(parent: str, method: str, recipe, hw):
     return AutoModelForCausalLM.from_pretrained(parent, **model_kwargs(hw))
 
 
+def tokenized(spec: StageSpec, rows, tok, recipe, reporter: Reporter) -> tuple[Dataset, dict[str, Any]]:
+    """The training rows as token ids: from the tokenization cache when the asset found an entry, else encoded here
+    and written where the asset commits it to the cache."""
+    if "tokens" in spec.inputs:
+        tokens = read_tokens(spec.inputs["tokens"])
+        reporter.log(f"[sft] tokenization cache hit: {len(tokens)} examples")
+        return tokens, {"tokenization": "cache hit", "tokenize_seconds": 0.0, "too_long_examples": 0}
+    t0 = time.perf_counter()
+    table, too_long = sft_tokens(rows, tok, recipe.data.chat_template, recipe.data.max_length)
+    if too_long:
+        reporter.log(f"[sft] {too_long} of {len(rows)} examples left out: the prompt alone fills data.max_length "
+                     f"({recipe.data.max_length} tokens), so no reply token would be trained on")
+    if not table.num_rows:
+        raise ValueError(f"no training example has a reply token within data.max_length={recipe.data.max_length}: raise it")
+    if "tokens_out" in spec.options:
+        write_tokens(table, Path(spec.options["tokens_out"]))
+    seconds = time.perf_counter() - t0
+    reporter.log(f"[sft] tokenized {table.num_rows} examples in {seconds:.1f} s")
+    return Dataset(table), {"tokenization": "computed", "tokenize_seconds": round(seconds, 2), "too_long_examples": too_long}
+
+
 def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     recipe = spec.parsed_recipe
     group = recipe.sft
     hw = hardware_for(recipe, group)
     parent = spec.inputs["model"]
-    template = recipe.data.chat_template
     train = load_rows(spec.datasets["sft"], "train")
     held_out = load_rows(spec.datasets["sft"], "eval", spec.options.get("eval_limit"))
     tok = load_tokenizer(parent)
@@ -59,11 +82,12 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     reporter.log(f"[sft] {group.method} on {len(train)} examples, {hw.why}; parent eval loss {before['eval_loss']:.4f}, "
                  f"exact match {before['exact_match']:.1%}")
 
+    tokens, tokenization = tokenized(spec, train, tok, recipe, reporter)
     model = load_for_training(parent, group.method, recipe, hw)
     args = SFTConfig(**trainer_args(group, spec, hw), max_length=recipe.data.max_length, completion_only_loss=True,
                      packing=recipe.data.packing)
     callback = LogCallback(reporter, "sft")
-    trainer = quiet(SFTTrainer(model=model, args=args, train_dataset=sft_dataset(train, template), processing_class=tok,
+    trainer = quiet(SFTTrainer(model=model, args=args, train_dataset=tokens, processing_class=tok,
                          peft_config=lora_config(recipe) if group.method != "full" else None, callbacks=[callback]))
     result, resume = train_resuming(trainer, reporter, "sft")
     trainable = parameter_count(trainer.model, trainable_only=True)
@@ -82,7 +106,7 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
         "train_loss": result.training_loss, "steps": trainer.state.global_step, "train_examples": len(train),
         "eval_examples": len(held_out), "trainable_parameters": trainable,
         "resumed_from": resume or "", "tokens_seen": trainer.state.num_input_tokens_seen, "samples": after["samples"],
-        "hardware": hw.as_dict(), "log_history": callback.history,
+        "hardware": hw.as_dict(), **tokenization, "log_history": callback.history,
     }
     write_metrics(spec.output_dir, metrics)
     reporter.log(f"[sft] eval loss {before['eval_loss']:.4f} -> {after['eval_loss']:.4f}, "
