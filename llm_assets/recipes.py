@@ -135,6 +135,8 @@ class LoraGroup(Group):
     alpha: int = Field(32, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full beside the adapters "
+                                       "(e.g. embed_tokens, lm_head: a small or barely pre-trained base needs them).")
 
 
 class QuantizationGroup(Group):
@@ -161,7 +163,7 @@ class TrackingGroup(Group):
 
 
 class Recipe(Group):
-    """A whole recipe file. ``cpt``/``reward``/``rlhf`` absent means the stage passes through."""
+    """A whole recipe file. A stage passes through when ``cpt`` is absent or ``reward``, ``rlhf`` or ``quantization`` is null."""
 
     name: str
     description: str = ""

@@ -108,7 +108,8 @@ def lora_config(recipe: Recipe, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig
 
     lo = recipe.lora
-    return LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=lo.target_modules, task_type=task_type)
+    return LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=lo.target_modules,
+                      modules_to_save=lo.modules_to_save or None, task_type=task_type)
 
 
 def quantization_config(bits: int, compute_dtype: torch.dtype, quant_type: str = "nf4", double_quant: bool = True):
