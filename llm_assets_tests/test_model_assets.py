@@ -147,6 +147,11 @@ def test_tokenization_cache_hits_on_a_learning_rate_change_and_misses_on_a_one_b
     first = meta(instance, "sft_model")
     assert first["tokenization"] == "computed" and first["tokens_cache"].startswith("cache/tokens/sft/")
 
+    again = materialize_recipe(defs, instance, selection=["sft_model"])  # nothing changed: no training at all
+    reused = meta(instance, "sft_model")
+    assert again.success and reused["reused"] is True and reused["artifact"] == first["artifact"]  # the same version
+    assert not any("[sft] loss=" in (e.message or "") for e in instance.all_logs(again.run_id))
+
     write_recipe(recipes, sft={"learning_rate": 5e-4})  # only the learning rate
     from llm_assets.definitions import build_definitions
 

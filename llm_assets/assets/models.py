@@ -4,6 +4,7 @@ Each body resolves its inputs from the store, launches one training stage throug
 commits the stage's directory; the logic lives in ``llm_assets.training``.
 """
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -106,7 +107,11 @@ def train(context: AssetExecutionContext, recipe: Recipe, stage: str, store: Art
     spec = StageSpec(stage=stage, recipe=recipe.model_dump(mode="json"), output_dir=str(work / "out"),
                      inputs={**{r: str(a.path) for r, a in artifacts.items()}, **(extra_inputs or {})},
                      datasets=datasets, options={"eval_limit": config.eval_limit})
-    spec.checkpoint_dir = str(launcher.checkpoints() / stage / recipe.name / spec.fingerprint(versions))
+    fingerprint = spec.fingerprint({**versions, "code_version": context.assets_def.code_versions_by_key[context.asset_key] or ""})
+    key = model_key(stage, recipe.name)
+    if st.latest_version(key) is not None and st.manifest(key).metadata.get("fingerprint") == fingerprint:
+        return reuse(context, st, key)
+    spec.checkpoint_dir = str(launcher.checkpoints() / stage / recipe.name / fingerprint)
     cache = None
     if stage in CACHED_STAGES:
         cache = cache_key(stage, data_versions, tokenizer_digest(artifacts["model"].manifest.files),
@@ -117,8 +122,8 @@ def train(context: AssetExecutionContext, recipe: Recipe, stage: str, store: Art
             spec.options["tokens_out"] = str(work / "tokens")
     try:
         metrics = launcher.run(context, spec)
-        manifest = st.commit(model_key(stage, recipe.name), work / "out",
-                             {"recipe_hash": recipe.recipe_hash, "inputs": versions, "stage": stage})
+        manifest = st.commit(key, work / "out", {"recipe_hash": recipe.recipe_hash, "inputs": versions, "stage": stage,
+                                                 "fingerprint": fingerprint})
     finally:
         if cache and (work / "tokens" / TOKENS_FILE).exists():  # kept even when training failed: it is valid
             st.commit(cache, work / "tokens", {"stage": stage, "inputs": data_versions})
@@ -127,10 +132,22 @@ def train(context: AssetExecutionContext, recipe: Recipe, stage: str, store: Art
     result = MaterializeResult(
         data_version=DataVersion(manifest.version),
         metadata={**metadata_of(metrics), **({"tokens_cache": cache} if cache else {}), "recipe_hash": recipe.recipe_hash, "drops_used": MetadataValue.json(versions),
-                  "artifact": f"{st.root}/{model_key(stage, recipe.name)}/versions/{manifest.version}",
+                  "artifact": f"{st.root}/{key}/versions/{manifest.version}",
                   "artifact_bytes": manifest.total_bytes},
     )
     return metrics, result
+
+
+def reuse(context: AssetExecutionContext, st: Store, key: str) -> tuple[dict[str, Any], MaterializeResult]:
+    """Same inputs, recipe and code as the committed version: that version again, without training."""
+    art = st.get(key)
+    path = art.file("metrics.json")
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    context.log.info(f"{key}: inputs, recipe and code unchanged since version {art.version}; reusing it, nothing to train")
+    return metrics, MaterializeResult(data_version=DataVersion(art.version), metadata={
+        **metadata_of(metrics), "reused": True, "recipe_hash": art.manifest.metadata.get("recipe_hash", ""),
+        "drops_used": MetadataValue.json(art.manifest.metadata.get("inputs", {})),
+        "artifact": f"{st.root}/{key}/versions/{art.version}", "artifact_bytes": art.manifest.total_bytes})
 
 
 def passthrough(context: AssetExecutionContext, recipe: Recipe, stage: str, source_stage: str, store: ArtifactStore, why: str) -> MaterializeResult:

@@ -70,6 +70,16 @@ def tokenized(spec: StageSpec, rows, tok, recipe, reporter: Reporter) -> tuple[D
     return Dataset(table), {"tokenization": "computed", "tokenize_seconds": round(seconds, 2), "too_long_examples": too_long}
 
 
+def make_trainer(spec: StageSpec, hw, tokens: Dataset, tok, callbacks: list) -> SFTTrainer:
+    """The SFT trainer exactly as the sft_model asset runs it (the benchmarks time this one)."""
+    recipe, group = spec.parsed_recipe, spec.parsed_recipe.sft
+    model = load_for_training(spec.inputs["model"], group.method, recipe, hw)
+    args = SFTConfig(**trainer_args(group, spec, hw), max_length=recipe.data.max_length, completion_only_loss=True,
+                     packing=recipe.data.packing)
+    return quiet(SFTTrainer(model=model, args=args, train_dataset=tokens, processing_class=tok,
+                            peft_config=lora_config(recipe) if group.method != "full" else None, callbacks=callbacks))
+
+
 def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     recipe = spec.parsed_recipe
     group = recipe.sft
@@ -83,12 +93,8 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
                  f"exact match {before['exact_match']:.1%}")
 
     tokens, tokenization = tokenized(spec, train, tok, recipe, reporter)
-    model = load_for_training(parent, group.method, recipe, hw)
-    args = SFTConfig(**trainer_args(group, spec, hw), max_length=recipe.data.max_length, completion_only_loss=True,
-                     packing=recipe.data.packing)
     callback = LogCallback(reporter, "sft")
-    trainer = quiet(SFTTrainer(model=model, args=args, train_dataset=tokens, processing_class=tok,
-                         peft_config=lora_config(recipe) if group.method != "full" else None, callbacks=[callback]))
+    trainer = make_trainer(spec, hw, tokens, tok, [callback])
     result, resume = train_resuming(trainer, reporter, "sft")
     trainable = parameter_count(trainer.model, trainable_only=True)
     if not save_trained(trainer, tok, spec.output_dir):

@@ -1,0 +1,142 @@
+"""``make bench``: SFT throughput side by side with TRL, re-run cost, quantization and memory.
+
+Prints one table per part and writes benchmarks/results.json. Each training configuration runs
+in its own process. ``--quick`` shrinks everything (a smoke run, not figures to quote).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_SFT = ROOT.parent / "shared" / "data" / "sft" / "t0_mixture.jsonl"
+RESULTS = Path(__file__).resolve().parent / "results.json"
+
+
+def gemm_flops(n: int = 2048, threads: int = 2, repeats: int = 5) -> float:
+    """fp32 FLOP/s of an n x n x n matmul on this machine, best of ``repeats``."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def sft_rows(limit: int) -> tuple[list[dict], str]:
+    """Canonical training rows, validated the way the sft_dataset asset validates them."""
+    from llm_assets.data.pipeline import validate_drop
+
+    if SHARED_SFT.exists():
+        name, data = SHARED_SFT.name, SHARED_SFT.read_bytes()
+    else:
+        import tempfile
+
+        from llm_assets.demo_data import write_demo_drops
+
+        path = next(p for p in write_demo_drops(Path(tempfile.mkdtemp())) if p.parent.name == "sft")
+        name, data = path.name, path.read_bytes()
+    df = validate_drop("sft", name, data).dataset
+    rows = [{"prompt": [dict(m) for m in r["prompt"]], "completion": r["completion"]}
+            for r in df[df["split"] == "train"].sort_values("row_hash").to_dict("records")]
+    return rows[:limit], name
+
+
+def build_workdir(work: Path, rows: list[dict], arch: dict, max_length: int) -> dict:
+    from llm_assets.recipes import ArchitectureGroup
+    from llm_assets.training.builtin import build_tiny, render_chat
+
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "rows.json").write_text(json.dumps(rows))
+    texts = [render_chat(r["prompt"] + [{"role": "assistant", "content": r["completion"]}]) for r in rows]
+    return build_tiny(texts, ArchitectureGroup(**arch), max_length, seed=0, output_dir=work / "model")
+
+
+def run_config(config: str, work: Path, steps: int, extra: list[str]) -> dict:
+    out = work / f"{config}.json"
+    cmd = [sys.executable, "-m", "benchmarks.sft_throughput", config, "--workdir", str(work), "--steps", str(steps), "--out", str(out), *extra]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{config} failed:\n{proc.stderr[-3000:]}")
+    return {**json.loads(out.read_text()), "wall_s": time.perf_counter() - t}
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    from llm_assets.markdown import markdown_table
+
+    return markdown_table(headers, rows)
+
+
+def throughput(args, work: Path) -> dict:
+    rows, source = sft_rows(args.rows)
+    arch = dict(hidden_size=256, intermediate_size=768, num_layers=6, num_heads=8, vocab_size=8192)
+    info = build_workdir(work, rows, arch, args.max_length)
+    gemm = gemm_flops(threads=args.threads)
+    common = ["--batch", str(args.batch), "--max-length", str(args.max_length), "--threads", str(args.threads)]
+    results = {}
+    for config in ("ours", "trl_default", "trl_cpu", "trl_packing"):
+        steps = args.default_steps if config == "trl_default" else args.steps
+        extra = common + (["--packing"] if config == "ours" else [])
+        results[config] = r = run_config(config, work, steps, extra)
+        r["mfu"] = 6 * r["parameters"] * r["trainable_tokens_per_s"] / gemm
+        print(f"  {config}: {r['trainable_tokens_per_s']:.0f} trainable tokens/s", flush=True)
+    best_trl = max(v["trainable_tokens_per_s"] for k, v in results.items() if k != "ours")
+    print(f"\nSFT throughput: {source}, {len(rows)} rows, {info['parameters'] / 1e6:.1f} M parameters, max_length {args.max_length}, "
+          f"batch {args.batch}, {args.threads} threads; fp32 GEMM {gemm / 1e9:.1f} GFLOP/s")
+    print(table(["config", "steps", "dtype / autocast / ckpt / packing", "trainable tok/s", "padding waste", "peak RSS MB",
+                 "first step s", "MFU"],
+                [[k, v["steps"], f"{v['dtype']} / {'bf16' if v['bf16_autocast'] else '-'} / {'yes' if v['gradient_checkpointing'] else 'no'} / "
+                  f"{'yes' if v['packing'] else 'no'}", f"{v['trainable_tokens_per_s']:.0f}", f"{v['padding_waste']:.1%}",
+                  f"{v['peak_rss_mb']:.0f}", f"{v['time_to_first_step_s']:.1f}", f"{v['mfu']:.1%}"] for k, v in results.items()]))
+    print(f"ours / best TRL: {results['ours']['trainable_tokens_per_s'] / best_trl:.2f}x")
+    return {"source": source, "rows": len(rows), "parameters": info["parameters"], "gemm_flops": gemm,
+            "max_length": args.max_length, "batch": args.batch, "threads": args.threads, "configs": results,
+            "ours_over_best_trl": results["ours"]["trainable_tokens_per_s"] / best_trl}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--parts", default="throughput,rerun,quantization")
+    args = p.parse_args()
+    args.threads = min(2, os.cpu_count() or 1)
+    args.rows, args.steps, args.default_steps, args.batch, args.max_length = (
+        (200, 4, 3, 4, 128) if args.quick else (2000, 40, 40, 8, 256))
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    out = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                       "torch": torch.__version__, "python": platform.python_version()}, "quick": args.quick}
+    parts = args.parts.split(",")
+    t0 = time.time()
+    if "throughput" in parts:
+        out["throughput"] = throughput(args, work / "throughput")
+    if "rerun" in parts:
+        from benchmarks.rerun_cost import rerun_cost
+
+        out["rerun"] = rerun_cost(work / "rerun", quick=args.quick)
+    if "quantization" in parts:
+        from benchmarks.quantization import quantization
+
+        out["quantization"] = quantization(work / "quantization", quick=args.quick)
+    out["seconds"] = time.time() - t0
+    RESULTS.write_text(json.dumps(out, indent=1, default=float))
+    print(f"\nwrote {RESULTS} ({out['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
