@@ -127,11 +127,13 @@ def main() -> int:
     if "rerun" in parts:
         from benchmarks.rerun_cost import rerun_cost
 
-        out["rerun"] = rerun_cost(work / "rerun", quick=args.quick)
+        rerun = rerun_cost(work / "rerun", quick=args.quick)
+        out["rerun"] = rerun["scenarios"]
     if "quantization" in parts:
         from benchmarks.quantization import quantization
 
-        out["quantization"] = quantization(work / "quantization", quick=args.quick)
+        trained = Path(rerun["sft_dir"]) if "rerun" in parts else None
+        out["quantization"] = quantization(work / "quantization", trained, rerun["eval_rows"] if trained else [], quick=args.quick)
     out["seconds"] = time.time() - t0
     RESULTS.write_text(json.dumps(out, indent=1, default=float))
     print(f"\nwrote {RESULTS} ({out['seconds']:.0f} s)")

@@ -107,7 +107,7 @@ def main() -> None:
     clock = Clock(counter)
     trainer.add_callback(clock)
     trainer.train()
-    (t1, tr1, re1, sl1), (tn, trn, ren, sln) = clock.marks[0], clock.marks[-1]
+    (t1, tr1, _, _), (tn, trn, ren, sln) = clock.marks[0], clock.marks[-1]
     params = sum(p.numel() for p in trainer.model.parameters())
     result = {
         "config": a.config, "steps": len(clock.marks), "parameters": params,

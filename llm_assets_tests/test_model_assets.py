@@ -155,7 +155,8 @@ def test_tokenization_cache_hits_on_a_learning_rate_change_and_misses_on_a_one_b
     write_recipe(recipes, sft={"learning_rate": 5e-4})  # only the learning rate
     from llm_assets.definitions import build_definitions
 
-    assert materialize_recipe(build_definitions(), instance, selection=["sft_model"]).success
+    assert materialize_recipe(build_definitions(), instance, selection=["base_model", "cpt_model", "sft_model"]).success
+    assert meta(instance, "base_model")["reused"] is True and meta(instance, "cpt_model")["reused"] is True  # not their groups
     lr_only = meta(instance, "sft_model")
     assert lr_only["tokenization"] == "cache hit" and lr_only["tokens_cache"] == first["tokens_cache"]
     assert lr_only["train_loss"] != first["train_loss"]  # it did train again, on the cached tokens

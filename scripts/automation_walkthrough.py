@@ -107,7 +107,10 @@ def main() -> int:
         rows.append(["recipes with runs after the edit", ", ".join(retrained)])
     finally:
         os.killpg(dev.pid, signal.SIGINT)
-        dev.wait(60)
+        try:
+            dev.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(dev.pid, signal.SIGKILL)
     width = max(len(r[0]) for r in rows)
     print("\n".join(f"{a:<{width}}  {b}" for a, b in rows))
     print(f"(instance and logs kept under {tmp})")

@@ -13,6 +13,13 @@ from llm_assets.recipes import Recipe
 STAGES = ("base", "cpt", "sft", "reward", "rlhf", "quantize", "evaluate")
 
 
+COMMON_GROUPS = ("name", "data", "model", "lora", "distributed")
+STAGE_GROUPS = {
+    "base": COMMON_GROUPS, "cpt": (*COMMON_GROUPS, "cpt"), "sft": (*COMMON_GROUPS, "sft", "quantization"),
+    "reward": (*COMMON_GROUPS, "reward"), "rlhf": (*COMMON_GROUPS, "rlhf", "reward"), "quantize": (*COMMON_GROUPS, "quantization"),
+}
+
+
 @dataclass
 class StageSpec:
     stage: str
@@ -39,6 +46,9 @@ class StageSpec:
         return cls(**json.loads(Path(path).read_text()))
 
     def fingerprint(self, input_versions: dict[str, str]) -> str:
-        """Identity of a training run, for its checkpoint directory: same inputs, same run, resumable."""
-        body = {"stage": self.stage, "recipe": self.recipe, "inputs": input_versions, "options": self.options}
+        """Identity of a training run: same inputs and the same recipe groups this stage reads, same result
+        (so the run resumes from its checkpoints, or is not run again). Other stages' groups do not count:
+        an SFT learning-rate edit does not retrain CPT."""
+        recipe = {k: v for k, v in self.recipe.items() if k in STAGE_GROUPS.get(self.stage, self.recipe)}
+        body = {"stage": self.stage, "recipe": recipe, "inputs": input_versions, "options": self.options}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
