@@ -32,5 +32,8 @@ ui: setup home
 validate: setup home
 	$(VENV)/bin/dagster definitions validate -w workspace.yaml
 
+bench: setup
+	$(PY) -m benchmarks.run
+
 clean:
 	rm -rf .dagster_home data/store data/cache

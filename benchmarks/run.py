@@ -114,7 +114,7 @@ def main() -> int:
     args = p.parse_args()
     args.threads = min(2, os.cpu_count() or 1)
     args.rows, args.steps, args.default_steps, args.batch, args.max_length = (
-        (200, 4, 3, 4, 128) if args.quick else (2000, 40, 40, 8, 256))
+        (200, 4, 3, 4, 128) if args.quick else (2000, 30, 10, 8, 256))
     import tempfile
 
     work = Path(tempfile.mkdtemp(prefix="bench-"))
