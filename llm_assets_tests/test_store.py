@@ -83,3 +83,14 @@ def test_s3_download_is_verified_against_the_manifest(s3_endpoint, tmp_path):
     client.put_object(Bucket="verify", Key=f"p/k/versions/{m.version}/f", Body=b"evil")
     with pytest.raises(IOError, match="does not match its manifest"):
         store.get("k")
+
+
+def test_one_file_is_read_without_fetching_the_rest_and_verified(store, tmp_path):
+    src = make_dir(tmp_path / "src", {"model.safetensors": b"w" * 1000, "metrics.json": b'{"eval_loss": 1.5}'})
+    m = store.commit("models/sft/tiny", src)
+    assert json.loads(store.read_file("models/sft/tiny", "metrics.json")) == {"eval_loss": 1.5}
+    assert store.read_file("models/sft/tiny", "absent.json") is None
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("model.safetensors"))  # weights not fetched
+    store.objects.write_bytes(f"models/sft/tiny/versions/{m.version}/metrics.json", b'{"eval_loss": 0.1}')
+    with pytest.raises(IOError, match="does not match its manifest"):
+        store.read_file("models/sft/tiny", "metrics.json")

@@ -34,7 +34,7 @@ from llm_assets.paths import default_data_dir
 from llm_assets.recipes import Recipe, RecipeError, load_recipe
 from llm_assets.resources.hub import HubClient, HubError, check_architecture
 from llm_assets.resources.launcher import TrainingLauncher
-from llm_assets.resources.store import ArtifactStore, Store
+from llm_assets.resources.store import ArtifactStore, Manifest, Store
 from llm_assets.tokens_cache import TOKENS_FILE, cache_key, tokenizer_digest
 from llm_assets.training.spec import StageSpec
 
@@ -109,8 +109,9 @@ def train(context: AssetExecutionContext, recipe: Recipe, stage: str, store: Art
                      datasets=datasets, options={"eval_limit": config.eval_limit})
     fingerprint = spec.fingerprint({**versions, "code_version": context.assets_def.code_versions_by_key[context.asset_key] or ""})
     key = model_key(stage, recipe.name)
-    if st.latest_version(key) is not None and st.manifest(key).metadata.get("fingerprint") == fingerprint:
-        return reuse(context, st, key)
+    previous = st.manifest(key) if st.latest_version(key) is not None else None
+    if previous is not None and previous.metadata.get("fingerprint") == fingerprint:
+        return reuse(context, st, key, previous)
     spec.checkpoint_dir = str(launcher.checkpoints() / stage / recipe.name / fingerprint)
     cache = None
     if stage in CACHED_STAGES:
@@ -129,25 +130,23 @@ def train(context: AssetExecutionContext, recipe: Recipe, stage: str, store: Art
             st.commit(cache, work / "tokens", {"stage": stage, "inputs": data_versions})
         shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(spec.checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
-    result = MaterializeResult(
-        data_version=DataVersion(manifest.version),
-        metadata={**metadata_of(metrics), **({"tokens_cache": cache} if cache else {}), "recipe_hash": recipe.recipe_hash, "drops_used": MetadataValue.json(versions),
-                  "artifact": f"{st.root}/{key}/versions/{manifest.version}",
-                  "artifact_bytes": manifest.total_bytes},
-    )
+    result = stored_result(st, key, manifest, metrics, **({"tokens_cache": cache} if cache else {}))
     return metrics, result
 
 
-def reuse(context: AssetExecutionContext, st: Store, key: str) -> tuple[dict[str, Any], MaterializeResult]:
+def reuse(context: AssetExecutionContext, st: Store, key: str, manifest: Manifest) -> tuple[dict[str, Any], MaterializeResult]:
     """Same inputs, recipe and code as the committed version: that version again, without training."""
-    art = st.get(key)
-    path = art.file("metrics.json")
-    metrics = json.loads(path.read_text()) if path.exists() else {}
-    context.log.info(f"{key}: inputs, recipe and code unchanged since version {art.version}; reusing it, nothing to train")
-    return metrics, MaterializeResult(data_version=DataVersion(art.version), metadata={
-        **metadata_of(metrics), "reused": True, "recipe_hash": art.manifest.metadata.get("recipe_hash", ""),
-        "drops_used": MetadataValue.json(art.manifest.metadata.get("inputs", {})),
-        "artifact": f"{st.root}/{key}/versions/{art.version}", "artifact_bytes": art.manifest.total_bytes})
+    metrics = json.loads(st.read_file(key, "metrics.json", manifest.version) or b"{}")
+    context.log.info(f"{key}: inputs, recipe and code unchanged since version {manifest.version}; reusing it, nothing to train")
+    return metrics, stored_result(st, key, manifest, metrics, reused=True)
+
+
+def stored_result(st: Store, key: str, manifest: Manifest, metrics: dict[str, Any], **extra: Any) -> MaterializeResult:
+    """The materialization of a committed model version: its metrics, provenance and location."""
+    return MaterializeResult(data_version=DataVersion(manifest.version), metadata={
+        **metadata_of(metrics), **extra, "recipe_hash": manifest.metadata.get("recipe_hash", ""),
+        "drops_used": MetadataValue.json(manifest.metadata.get("inputs", {})),
+        "artifact": f"{st.root}/{key}/versions/{manifest.version}", "artifact_bytes": manifest.total_bytes})
 
 
 def passthrough(context: AssetExecutionContext, recipe: Recipe, stage: str, source_stage: str, store: ArtifactStore, why: str) -> MaterializeResult:

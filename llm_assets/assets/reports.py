@@ -15,11 +15,11 @@ STAGES = ("base", "cpt", "sft", "reward", "rlhf", "quantize")
 def collect(store, recipe: str) -> tuple[dict, dict]:
     metrics, passthrough = {}, {}
     for stage in STAGES:
-        art = store.get(model_key(stage, recipe))
-        if "passthrough_of" in art.manifest.metadata:
-            passthrough[stage] = art.manifest.metadata["passthrough_of"]
-        path = art.file("metrics.json")
-        metrics[stage] = json.loads(path.read_text()) if path.exists() else {}
+        key = model_key(stage, recipe)
+        manifest = store.manifest(key)
+        if "passthrough_of" in manifest.metadata:
+            passthrough[stage] = manifest.metadata["passthrough_of"]
+        metrics[stage] = json.loads(store.read_file(key, "metrics.json", manifest.version) or b"{}")
     return metrics, passthrough
 
 

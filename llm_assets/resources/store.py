@@ -168,6 +168,19 @@ class Store:
             raise ArtifactNotFound(f"version {version} of {key!r} was never committed (no {MANIFEST})")
         return Manifest.from_json(self.objects.read_bytes(path))
 
+    def read_file(self, key: str, name: str, version: str | None = None) -> bytes | None:
+        """One file of a committed version, checked against its manifest, without fetching the rest
+        (reading a model's metrics must not download its weights); None when the version has no such file."""
+        manifest = self.manifest(key, version)
+        entry = next((f for f in manifest.files if f["path"] == name), None)
+        if entry is None:
+            return None
+        path = f"{key}/versions/{manifest.version}/{name}"
+        data = self.objects.read_bytes(path)
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise IOError(f"{self.root}/{path} does not match its manifest sha256; the store is corrupt")
+        return data
+
     def get(self, key: str, version: str | None = None) -> Artifact:
         """A local directory with the files of a committed version (downloaded and verified for S3)."""
         manifest = self.manifest(key, version)
