@@ -53,9 +53,9 @@ def tokenized(spec: StageSpec, rows, tok, recipe, reporter: Reporter) -> tuple[D
     """The training rows as token ids: from the tokenization cache when the asset found an entry, else encoded here
     and written where the asset commits it to the cache."""
     if "tokens" in spec.inputs:
-        tokens = read_tokens(spec.inputs["tokens"])
-        reporter.log(f"[sft] tokenization cache hit: {len(tokens)} examples")
-        return tokens, {"tokenization": "cache hit", "tokenize_seconds": 0.0, "too_long_examples": 0}
+        tokens, too_long = read_tokens(spec.inputs["tokens"])
+        reporter.log(f"[sft] tokenization cache hit: {len(tokens)} examples ({too_long} left out for length)")
+        return tokens, {"tokenization": "cache hit", "tokenize_seconds": 0.0, "too_long_examples": too_long}
     t0 = time.perf_counter()
     table, too_long = sft_tokens(rows, tok, recipe.data.chat_template, recipe.data.max_length)
     if too_long:
@@ -67,7 +67,7 @@ def tokenized(spec: StageSpec, rows, tok, recipe, reporter: Reporter) -> tuple[D
         write_tokens(table, Path(spec.options["tokens_out"]))
     seconds = time.perf_counter() - t0
     reporter.log(f"[sft] tokenized {table.num_rows} examples in {seconds:.1f} s")
-    return Dataset(table), {"tokenization": "computed", "tokenize_seconds": round(seconds, 2), "too_long_examples": too_long}
+    return Dataset(table.replace_schema_metadata(None)), {"tokenization": "computed", "tokenize_seconds": round(seconds, 2), "too_long_examples": too_long}
 
 
 def make_trainer(spec: StageSpec, hw, tokens: Dataset, tok, callbacks: list) -> SFTTrainer:

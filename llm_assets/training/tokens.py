@@ -13,6 +13,8 @@ from datasets import Dataset
 from llm_assets.tokens_cache import TOKENS_FILE
 from llm_assets.training.data import plain
 
+TOO_LONG = "llm_assets.too_long_examples"
+
 
 def prompt_text(tok, prompt: list[dict[str, str]], template: str) -> str:
     if template == "plain":
@@ -44,7 +46,8 @@ def sft_tokens(rows: list[dict[str, Any]], tok, template: str, max_length: int) 
             continue
         ids.append(seq)
         masks.append([0] * start + [1] * (len(seq) - start))
-    table = pa.table({"input_ids": pa.array(ids, pa.list_(pa.int32())), "completion_mask": pa.array(masks, pa.list_(pa.int8()))})
+    table = pa.table({"input_ids": pa.array(ids, pa.list_(pa.int32())), "completion_mask": pa.array(masks, pa.list_(pa.int8()))},
+                     metadata={TOO_LONG: str(too_long)})  # kept with the table, so a cache hit reports it too
     return table, too_long
 
 
@@ -56,5 +59,8 @@ def write_tokens(table: pa.Table, directory: Path) -> None:
     tmp.rename(directory / TOKENS_FILE)
 
 
-def read_tokens(directory: str | Path) -> Dataset:
-    return Dataset(pq.read_table(Path(directory) / TOKENS_FILE))
+def read_tokens(directory: str | Path) -> tuple[Dataset, int]:
+    """The cached table and how many rows it left out for length."""
+    table = pq.read_table(Path(directory) / TOKENS_FILE)
+    too_long = int((table.schema.metadata or {}).get(TOO_LONG.encode(), b"0"))
+    return Dataset(table.replace_schema_metadata(None)), too_long
