@@ -62,10 +62,9 @@ def step_rss(method: str, model_dir: Path, steps: int) -> dict:
 
 
 def _child(method: str, model_dir: str, steps: int) -> None:
+    import psutil
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
-
-    import psutil
 
     torch.set_num_threads(2)
     baseline = psutil.Process().memory_info().rss / 2**20  # the interpreter and libraries, before any weights

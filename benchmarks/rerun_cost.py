@@ -47,11 +47,14 @@ def rerun_cost(work: Path, quick: bool = False) -> dict:
     landing = work / "data" / "landing"
     write_demo_drops(landing, scale=0.5)
 
+    prepared: set[tuple[str, str]] = set()
+
     def prepare(defs):
+        """Validate every drop not validated yet (the landing sensor's runs, in process)."""
         for kind, keys in register_drops(instance, default_resources()["landing"].open()).items():
-            for key in keys:
-                if instance.get_latest_materialization_event(AssetKey(f"{kind}_dataset")) is None or key == "new_drop.jsonl":
-                    defs.resolve_job_def(f"{kind}_data_prep_job").execute_in_process(partition_key=key, instance=instance)
+            for key in sorted(set(keys) - {k for c, k in prepared if c == kind}):
+                assert defs.resolve_job_def(f"{kind}_data_prep_job").execute_in_process(partition_key=key, instance=instance).success
+                prepared.add((kind, key))
 
     def sft(label: str, before=None) -> list:
         defs = build_definitions()

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from llm_assets.markdown import markdown_table
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_SFT = ROOT.parent / "shared" / "data" / "sft" / "t0_mixture.jsonl"
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -74,12 +76,6 @@ def run_config(config: str, work: Path, steps: int, extra: list[str]) -> dict:
     return {**json.loads(out.read_text()), "wall_s": time.perf_counter() - t}
 
 
-def table(headers: list[str], rows: list[list]) -> str:
-    from llm_assets.markdown import markdown_table
-
-    return markdown_table(headers, rows)
-
-
 def throughput(args, work: Path) -> dict:
     rows, source = sft_rows(args.rows)
     arch = dict(hidden_size=256, intermediate_size=768, num_layers=6, num_heads=8, vocab_size=8192)
@@ -96,7 +92,7 @@ def throughput(args, work: Path) -> dict:
     best_trl = max(v["trainable_tokens_per_s"] for k, v in results.items() if k != "ours")
     print(f"\nSFT throughput: {source}, {len(rows)} rows, {info['parameters'] / 1e6:.1f} M parameters, max_length {args.max_length}, "
           f"batch {args.batch}, {args.threads} threads; fp32 GEMM {gemm / 1e9:.1f} GFLOP/s")
-    print(table(["config", "steps", "dtype / autocast / ckpt / packing", "trainable tok/s", "padding waste", "peak RSS MB",
+    print(markdown_table(["config", "steps", "dtype / autocast / ckpt / packing", "trainable tok/s", "padding waste", "peak RSS MB",
                  "first step s", "MFU"],
                 [[k, v["steps"], f"{v['dtype']} / {'bf16' if v['bf16_autocast'] else '-'} / {'yes' if v['gradient_checkpointing'] else 'no'} / "
                   f"{'yes' if v['packing'] else 'no'}", f"{v['trainable_tokens_per_s']:.0f}", f"{v['padding_waste']:.1%}",
