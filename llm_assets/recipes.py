@@ -39,7 +39,9 @@ class DataGroup(Group):
     max_reject_rate: float = Field(
         0.05, ge=0, le=1, description="Highest share of a drop's rows that may be quarantined before its dataset check fails."
     )
-    packing: bool = Field(False, description="Pack several examples per sequence (per-document attention masking).")
+    packing: bool = Field(
+        True, description="Pack several examples per sequence with per-document attention (no padding); a batch then holds "
+        "per_device_batch_size sequences of up to max_length tokens, not per_device_batch_size examples.")
 
 
 class ArchitectureGroup(Group):

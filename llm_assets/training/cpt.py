@@ -10,6 +10,7 @@ from llm_assets.training.common import hardware_for, quiet, save_trained, train_
 from llm_assets.training.data import load_rows, text_dataset
 from llm_assets.training.evaluate import text_loss
 from llm_assets.training.models import load_causal_lm, load_tokenizer
+from llm_assets.training.packing import use_packing_collator
 from llm_assets.training.report import LogCallback, Reporter
 from llm_assets.training.spec import StageSpec
 
@@ -28,7 +29,8 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     args = SFTConfig(**trainer_args(group, spec, hw), max_length=recipe.data.max_length, dataset_text_field="text",
                      packing=recipe.data.packing, completion_only_loss=False)
     callback = LogCallback(reporter, "cpt")
-    trainer = quiet(SFTTrainer(model=model, args=args, train_dataset=text_dataset(train), processing_class=tok, callbacks=[callback]))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=text_dataset(train), processing_class=tok, callbacks=[callback])
+    trainer = quiet(use_packing_collator(trainer, tok, hw) if recipe.data.packing else trainer)
     result, resume = train_resuming(trainer, reporter, "cpt")
     if not save_trained(trainer, tok, spec.output_dir):
         return {}

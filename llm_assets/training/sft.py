@@ -30,6 +30,7 @@ from llm_assets.training.common import (
 from llm_assets.training.data import load_rows
 from llm_assets.training.evaluate import completion_loss, exact_match
 from llm_assets.training.models import load_causal_lm, load_tokenizer, parameter_count
+from llm_assets.training.packing import use_packing_collator
 from llm_assets.training.report import LogCallback, Reporter
 from llm_assets.training.spec import StageSpec
 from llm_assets.training.tokens import read_tokens, sft_tokens, write_tokens
@@ -76,8 +77,9 @@ def make_trainer(spec: StageSpec, hw, tokens: Dataset, tok, callbacks: list) -> 
     model = load_for_training(spec.inputs["model"], group.method, recipe, hw)
     args = SFTConfig(**trainer_args(group, spec, hw), max_length=recipe.data.max_length, completion_only_loss=True,
                      packing=recipe.data.packing)
-    return quiet(SFTTrainer(model=model, args=args, train_dataset=tokens, processing_class=tok,
-                            peft_config=lora_config(recipe) if group.method != "full" else None, callbacks=callbacks))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=tokens, processing_class=tok,
+                         peft_config=lora_config(recipe) if group.method != "full" else None, callbacks=callbacks)
+    return quiet(use_packing_collator(trainer, tok, hw) if recipe.data.packing else trainer)
 
 
 def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
