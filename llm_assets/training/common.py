@@ -14,6 +14,7 @@ import torch
 from llm_assets.paths import project_root
 from llm_assets.recipes import Recipe, TrainGroup
 from llm_assets.training.hardware import Hardware, choose
+from llm_assets.training.packing import score_trainable_positions_only
 from llm_assets.training.spec import StageSpec
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -27,6 +28,8 @@ def hardware_for(recipe: Recipe, group: TrainGroup | None = None) -> Hardware:
     hw = choose(recipe.model.dtype, group.gradient_checkpointing if group else None, recipe.model.attn_implementation,
                 large_model=parameter_count(recipe.model.architecture) > 1e9)
     torch.set_num_threads(hw.threads)
+    if hw.device == "cpu":
+        score_trainable_positions_only()
     return hw
 
 
@@ -72,8 +75,8 @@ def trainer_args(group: TrainGroup, spec: StageSpec, hw: Hardware, **extra: Any)
         data_seed=group.seed,
         report_to=list(recipe.tracking.report_to) or "none",
         run_name=recipe.tracking.run_name or f"{recipe.name}-{spec.stage}",
-        bf16=hw.dtype == "bfloat16",
-        fp16=hw.dtype == "float16",
+        bf16=hw.autocast == "bfloat16",
+        fp16=hw.autocast == "float16",
         use_cpu=hw.device == "cpu",
         gradient_checkpointing=hw.gradient_checkpointing,
         dataloader_num_workers=0,
