@@ -2,7 +2,8 @@
 
     python -m benchmarks.sft_throughput CONFIG --workdir DIR --steps N --out result.json
 
-CONFIG is ``ours`` (the sft_model asset's trainer, from llm_assets.training.sft.make_trainer) or a
+CONFIG is ``ours`` (the sft_model asset's trainer with recipe defaults, from
+llm_assets.training.sft.make_trainer) or a
 TRL baseline: ``trl_default`` (SFTConfig defaults, only use_cpu=True), ``trl_cpu`` (fp32, no
 gradient checkpointing), ``trl_packing`` (trl_cpu + packing). Every configuration gets the same
 model weights, rows, max_length, batch size, threads and number of optimizer steps, which the
@@ -24,7 +25,10 @@ CONFIGS = ("ours", "trl_default", "trl_cpu", "trl_packing")
 
 
 class Counting:
-    """Wraps a collator: trainable tokens (label != -100), real tokens and token slots of every batch."""
+    """Wraps a collator: trainable tokens (label != -100), real tokens and token slots of every batch.
+
+    Real tokens are counted from the examples handed in, not from an attention mask: packed batches have none.
+    """
 
     def __init__(self, inner):
         self.inner, self.trainable, self.real, self.slots = inner, 0, 0, 0
@@ -34,8 +38,7 @@ class Counting:
         labels = batch["labels"]
         self.trainable += int((labels[:, 1:] != -100).sum())  # shifted: the tokens a loss is computed on
         self.slots += labels.numel()
-        mask = batch.get("attention_mask")
-        self.real += int(mask.sum()) if mask is not None else labels.numel()
+        self.real += sum(len(e["input_ids"]) for e in examples)
         return batch
 
 
@@ -61,14 +64,14 @@ def trl_trainer(config: str, model_dir: str, rows: list[dict], max_length: int, 
     return SFTTrainer(model=model, args=SFTConfig(**fixed, **tuned), train_dataset=data, processing_class=tok)
 
 
-def our_trainer(model_dir: str, rows: list[dict], max_length: int, batch: int, steps: int, out: str, packing: bool):
+def our_trainer(model_dir: str, rows: list[dict], max_length: int, batch: int, steps: int, out: str):
     from llm_assets.recipes import Recipe
     from llm_assets.training.common import hardware_for
     from llm_assets.training.report import Reporter
     from llm_assets.training.sft import make_trainer, tokenized
     from llm_assets.training.spec import StageSpec
 
-    recipe = Recipe(name="bench", data={"max_length": max_length, "packing": packing},
+    recipe = Recipe(name="bench", data={"max_length": max_length},
                     sft={"max_steps": steps, "per_device_batch_size": batch, "logging_steps": steps, "save_steps": steps * 10})
     spec = StageSpec(stage="sft", recipe=recipe.model_dump(mode="json"), output_dir=out, inputs={"model": model_dir},
                      datasets={}, options={})
@@ -87,7 +90,6 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--packing", action="store_true", help="ours: pack (per-document attention)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
 
@@ -98,7 +100,7 @@ def main() -> None:
     t0 = time.perf_counter()
     out = str(work / f"run-{a.config}")
     if a.config == "ours":
-        trainer = our_trainer(model_dir, rows, a.max_length, a.batch, a.steps, out, a.packing)
+        trainer = our_trainer(model_dir, rows, a.max_length, a.batch, a.steps, out)
     else:
         trainer = trl_trainer(a.config, model_dir, rows, a.max_length, a.batch, a.steps, out)
     torch.set_num_threads(a.threads)  # hardware_for sets all cores; the benchmark fixes the same count for all
@@ -107,7 +109,7 @@ def main() -> None:
     clock = Clock(counter)
     trainer.add_callback(clock)
     trainer.train()
-    (t1, tr1, _, _), (tn, trn, ren, sln) = clock.marks[0], clock.marks[-1]
+    (t1, tr1, re1, _), (tn, trn, ren, sln) = clock.marks[0], clock.marks[-1]
     params = sum(p.numel() for p in trainer.model.parameters())
     result = {
         "config": a.config, "steps": len(clock.marks), "parameters": params,
@@ -115,7 +117,7 @@ def main() -> None:
         "bf16_autocast": bool(trainer.args.bf16), "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
         "packing": bool(getattr(trainer.args, "packing", False)),
         "time_to_first_step_s": t1 - t0,
-        "trainable_tokens_per_s": (trn - tr1) / (tn - t1),
+        "trainable_tokens_per_s": (trn - tr1) / (tn - t1), "real_tokens_per_s": (ren - re1) / (tn - t1),
         "trainable_tokens": trn, "padding_waste": 1 - ren / sln, "steady_seconds": tn - t1,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
