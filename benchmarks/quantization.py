@@ -1,13 +1,15 @@
 """Quantization and memory: size and eval loss of a trained tiny model at fp32 / 8-bit / 4-bit, and
-peak RSS of a LoRA step versus a QLoRA step on a ~110 M parameter Llama (own process each)."""
+peak RSS of LoRA steps versus QLoRA steps of our SFT path on a 105 M parameter Llama (own process
+each), with and without gradient checkpointing (QLoRA's usual companion: activations otherwise hide
+the weights' saving)."""
 
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -15,7 +17,7 @@ import torch
 from llm_assets.markdown import markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
-BIG = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12, vocab_size=32000)
+BIG = dict(hidden_size=768, intermediate_size=2048, num_layers=12, num_heads=12, vocab_size=32000, tie_word_embeddings=False)
 
 
 def sizes_and_loss(model_dir: Path, rows: list[dict]) -> list[dict]:
@@ -25,6 +27,7 @@ def sizes_and_loss(model_dir: Path, rows: list[dict]) -> list[dict]:
     from llm_assets.training.evaluate import completion_loss
     from llm_assets.training.quantize import linear_bytes
 
+    warnings.filterwarnings("ignore", message="MatMul8bitLt")  # once per matmul: the 8-bit row says it already
     tok = AutoTokenizer.from_pretrained(model_dir)
     out = []
     for bits in (None, 8, 4):
@@ -38,54 +41,58 @@ def sizes_and_loss(model_dir: Path, rows: list[dict]) -> list[dict]:
     return out
 
 
-def build_big(work: Path) -> tuple[Path, Path, int]:
-    from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+def build_big(work: Path, rows: list[dict]) -> tuple[Path, Path, int]:
+    """A >= 100 M parameter Llama with a tokenizer trained on the SFT rows, and its 4-bit copy (for the file ratio)."""
+    from transformers import AutoModelForCausalLM
+
+    from llm_assets.recipes import ArchitectureGroup
+    from llm_assets.training.builtin import build_tiny, render_chat
+    from llm_assets.training.common import quantization_config
 
     fp32, nf4 = work / "big-fp32", work / "big-nf4"
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**BIG, max_position_embeddings=256, tie_word_embeddings=False))
-    params = sum(p.numel() for p in model.parameters())
-    model.save_pretrained(fp32)
-    del model
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
-    LlamaForCausalLM.from_pretrained(fp32, quantization_config=q).save_pretrained(nf4)
+    (work / "rows.json").write_text(json.dumps(rows))
+    texts = [render_chat(r["prompt"] + [{"role": "assistant", "content": r["completion"]}]) for r in rows]
+    params = build_tiny(texts, ArchitectureGroup(**BIG), 256, seed=0, output_dir=fp32)["parameters"]
+    AutoModelForCausalLM.from_pretrained(fp32, quantization_config=quantization_config(4, torch.float32)).save_pretrained(nf4)
     return fp32, nf4, params
 
 
-def step_rss(method: str, model_dir: Path, steps: int) -> dict:
-    """A LoRA or QLoRA training run of ``steps`` optimizer steps, in a fresh process: its peak RSS."""
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.quantization", method, str(model_dir), str(steps)],
+def step_rss(method: str, work: Path, steps: int, checkpointing: bool) -> dict:
+    """``steps`` optimizer steps of our SFT path with method lora or qlora, in a fresh process: the steps' peak RSS."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.quantization", method, str(work), str(steps), str(int(checkpointing))],
                           cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{method} step failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _child(method: str, model_dir: str, steps: int) -> None:
-    import psutil
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM
+def rss_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process, from /proc."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
+def _child(method: str, work: str, steps: int, checkpointing: bool) -> None:
+    """The sft_model asset's trainer (make_trainer): QLoRA quantizes the fp32 weights to 4-bit as it loads them."""
+    from benchmarks.sft_throughput import our_trainer
 
     torch.set_num_threads(2)
-    baseline = psutil.Process().memory_info().rss / 2**20  # the interpreter and libraries, before any weights
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    if method == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    ids = torch.randint(0, BIG["vocab_size"], (4, 128), generator=torch.Generator().manual_seed(0))
+    baseline = rss_mb("VmRSS")  # the interpreter and libraries, before any weights
+    rows = json.loads((Path(work) / "rows.json").read_text())
+    trainer = our_trainer(str(Path(work) / "big-fp32"), rows, 256, 4, steps, str(Path(work) / f"run-{method}"),
+                          method=method, gradient_checkpointing=checkpointing)
+    torch.set_num_threads(2)
+    loaded = rss_mb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: from here on it is the steps' peak, not loading's
     t = time.perf_counter()
-    for _ in range(steps):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"method": method, "peak_rss_mb": peak, "baseline_mb": baseline, "above_baseline_mb": peak - baseline,
-                      "seconds_per_step": (time.perf_counter() - t) / steps, "loss": float(loss)}))
+    trainer.train()
+    peak = rss_mb("VmHWM")
+    print(json.dumps({"method": method, "checkpointing": checkpointing, "peak_rss_mb": peak, "baseline_mb": baseline,
+                      "above_baseline_mb": peak - baseline, "loaded_rss_mb": loaded,
+                      "seconds_per_step": (time.perf_counter() - t) / steps, "loss": trainer.state.log_history[-1].get("train_loss")}))
 
 
-def quantization(work: Path, trained: Path | None, rows: list[dict], quick: bool = False) -> dict:
+def quantization(work: Path, trained: Path | None, rows: list[dict], sft_rows: list[dict], quick: bool = False) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     out: dict = {}
     if trained is not None:
@@ -96,24 +103,29 @@ def quantization(work: Path, trained: Path | None, rows: list[dict], quick: bool
                                f"{r['eval_loss']:.4f}"] for r in tiny]))
     if quick:
         return out
-    fp32, nf4, params = build_big(work)
-    lora, qlora = step_rss("lora", fp32, 2), step_rss("qlora", nf4, 2)
+    fp32, nf4, params = build_big(work, sft_rows)
+    runs = {(m, ck): step_rss(m, work, 2, ck) for ck in (False, True) for m in ("lora", "qlora")}
     from transformers import AutoModelForCausalLM
 
     from llm_assets.training.quantize import linear_bytes, weights_bytes
 
     lin = linear_bytes(AutoModelForCausalLM.from_pretrained(nf4)) / linear_bytes(AutoModelForCausalLM.from_pretrained(fp32))
-    out["big"] = {"parameters": params, "lora": lora, "qlora": qlora, "rss_ratio": qlora["peak_rss_mb"] / lora["peak_rss_mb"],
-                  "rss_above_baseline_ratio": qlora["above_baseline_mb"] / lora["above_baseline_mb"],
+    ratios = {ck: (runs["qlora", ck]["peak_rss_mb"] / runs["lora", ck]["peak_rss_mb"],
+                   runs["qlora", ck]["above_baseline_mb"] / runs["lora", ck]["above_baseline_mb"]) for ck in (False, True)}
+    out["big"] = {"parameters": params, "runs": [r for r in runs.values()],
+                  "rss_ratio": ratios[False][0], "rss_above_baseline_ratio": ratios[False][1],
+                  "rss_ratio_checkpointing": ratios[True][0], "rss_above_baseline_ratio_checkpointing": ratios[True][1],
                   "linear_ratio_4bit": lin, "file_ratio_4bit": weights_bytes(nf4) / weights_bytes(fp32)}
     b = out["big"]
-    print(f"\nLoRA vs QLoRA on a {params / 1e6:.0f} M parameter Llama (r=16, all linear layers, batch 4 x 128, 2 steps, own process each)")
-    print(markdown_table(["method", "peak RSS MB", "of which above the libraries' baseline", "s / step"],
-                         [[m, f"{b[m]['peak_rss_mb']:.0f}", f"{b[m]['above_baseline_mb']:.0f}", f"{b[m]['seconds_per_step']:.1f}"]
-                          for m in ("lora", "qlora")]))
-    print(f"QLoRA / LoRA peak RSS {b['rss_ratio']:.2f} (above baseline {b['rss_above_baseline_ratio']:.2f}); 4-bit linear layers {lin:.3f}x fp32; whole file {b['file_ratio_4bit']:.3f}x")
+    print(f"\nLoRA vs QLoRA through our SFT path on a {params / 1e6:.0f} M parameter Llama (r=16, all linear layers, batch 4 x 256 "
+          "packed, 2 steps, own process each; peak RSS of the steps, after loading)")
+    print(markdown_table(["method", "gradient checkpointing", "peak RSS MB", "above the libraries' baseline MB", "RSS after loading MB", "s / step"],
+                         [[m, "yes" if ck else "no", f"{r['peak_rss_mb']:.0f}", f"{r['above_baseline_mb']:.0f}", f"{r['loaded_rss_mb']:.0f}",
+                           f"{r['seconds_per_step']:.1f}"] for (m, ck), r in runs.items()]))
+    print(f"QLoRA / LoRA peak RSS {ratios[False][0]:.2f} without checkpointing, {ratios[True][0]:.2f} with "
+          f"(above baseline {ratios[False][1]:.2f} / {ratios[True][1]:.2f}); 4-bit linear layers {lin:.3f}x fp32; whole file {b['file_ratio_4bit']:.3f}x")
     return out
 
 
 if __name__ == "__main__":
-    _child(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    _child(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1")

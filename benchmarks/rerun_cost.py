@@ -22,6 +22,9 @@ RECIPE = {
 }
 
 
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # the tables are the output, not every Dagster event
+
+
 def cpu_seconds() -> float:
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
@@ -53,7 +56,7 @@ def rerun_cost(work: Path, quick: bool = False) -> dict:
         """Validate every drop not validated yet (the landing sensor's runs, in process)."""
         for kind, keys in register_drops(instance, default_resources()["landing"].open()).items():
             for key in sorted(set(keys) - {k for c, k in prepared if c == kind}):
-                assert defs.resolve_job_def(f"{kind}_data_prep_job").execute_in_process(partition_key=key, instance=instance).success
+                assert defs.resolve_job_def(f"{kind}_data_prep_job").execute_in_process(partition_key=key, instance=instance, run_config=QUIET).success
                 prepared.add((kind, key))
 
     def sft(label: str, before=None) -> list:
@@ -62,7 +65,7 @@ def rerun_cost(work: Path, quick: bool = False) -> dict:
         if before:
             before(defs)
         result = defs.resolve_job_def("training_job").get_subset(asset_selection={AssetKey("sft_model")}).execute_in_process(
-            partition_key="bench", instance=instance)
+            partition_key="bench", instance=instance, run_config=QUIET)
         wall, cpu = time.perf_counter() - t, cpu_seconds() - c
         assert result.success
         ev = instance.get_latest_materialization_event(AssetKey("sft_model")).asset_materialization.metadata
@@ -72,7 +75,7 @@ def rerun_cost(work: Path, quick: bool = False) -> dict:
     defs = build_definitions()
     prepare(defs)
     defs.resolve_job_def("training_job").get_subset(asset_selection={AssetKey(a) for a in ("base_model", "cpt_model")}).execute_in_process(
-        partition_key="bench", instance=instance)
+        partition_key="bench", instance=instance, run_config=QUIET)
     rows = [sft("first materialization")]
     rows.append(sft("nothing changed"))
     recipe["sft"]["learning_rate"] = 1e-3

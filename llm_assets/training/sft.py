@@ -7,6 +7,7 @@ optimizer, scheduler, RNG and data position the Trainer saved.
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from pathlib import Path
@@ -46,8 +47,22 @@ def load_for_training(parent: str, method: str, recipe, hw):
     if method == "qlora":
         q = recipe.quantization
         qc = quantization_config(4, hw.torch_dtype, q.quant_type if q else "nf4", q.double_quant if q else True)
-        return AutoModelForCausalLM.from_pretrained(parent, quantization_config=qc, **model_kwargs(hw))
+        model = AutoModelForCausalLM.from_pretrained(parent, quantization_config=qc, **model_kwargs(hw))
+        return release_checkpoint_mapping(model) if hw.device == "cpu" else model
     return AutoModelForCausalLM.from_pretrained(parent, **model_kwargs(hw))
+
+
+def release_checkpoint_mapping(model):
+    """Copy the weights QLoRA left unquantized (embeddings, norms) out of the memory-mapped checkpoint.
+
+    They are views into the mapped file, which keeps every page quantization read resident: on a
+    104 M parameter model that was 250 MB of RSS, twice the 4-bit model itself.
+    """
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.is_floating_point():
+            t.data = t.data.clone()
+    gc.collect()
+    return model
 
 
 def tokenized(spec: StageSpec, rows, tok, recipe, reporter: Reporter) -> tuple[Dataset, dict[str, Any]]:
