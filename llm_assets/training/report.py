@@ -47,6 +47,8 @@ class LogCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = dict(logs or {})
+        # TRL's own count sees one row per batch when packed rows carry no attention mask; the Trainer's count is right
+        logs.pop("num_tokens", None)
         now, tokens = time.perf_counter(), state.num_input_tokens_seen or 0
         if self.last and tokens > self.last[1]:
             logs["tokens_per_s"] = (tokens - self.last[1]) / max(now - self.last[0], 1e-9)
