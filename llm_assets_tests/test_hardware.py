@@ -18,6 +18,7 @@ def test_cpu_defaults_are_fp32_weights_without_checkpointing_and_bf16_only_where
     assert choose().autocast == "none"  # emulated bf16 is slower than fp32
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     assert (choose().dtype, choose().autocast) == ("float32", "bfloat16")
+    assert choose(deepspeed=True).autocast == "none"  # DeepSpeed would cast the weights, not autocast
 
 
 def test_recipe_overrides_win():

@@ -26,7 +26,8 @@ def hardware_for(recipe: Recipe, group: TrainGroup | None = None) -> Hardware:
     from llm_assets.training.memory import parameter_count
 
     hw = choose(recipe.model.dtype, group.gradient_checkpointing if group else None, recipe.model.attn_implementation,
-                large_model=parameter_count(recipe.model.architecture) > 1e9)
+                large_model=parameter_count(recipe.model.architecture) > 1e9,
+                deepspeed=recipe.distributed.processes > 1 and bool(recipe.distributed.deepspeed))
     torch.set_num_threads(hw.threads)
     if hw.device == "cpu":
         score_trainable_positions_only()

@@ -45,11 +45,12 @@ def cpu_has_native_bf16() -> bool:
 
 
 def choose(dtype: str = "auto", gradient_checkpointing: bool | None = None, attn_implementation: str = "auto",
-           large_model: bool = False) -> Hardware:
+           large_model: bool = False, deepspeed: bool = False) -> Hardware:
     """Resolve 'auto' / None recipe values for the machine this process runs on.
 
     An explicit dtype means weights and matmuls in that dtype; 'auto' on a CPU keeps fp32 weights
-    (the optimizer needs them) and autocasts to bf16 only where the CPU has native bf16.
+    (the optimizer needs them) and autocasts to bf16 only where the CPU has native bf16, and not under
+    DeepSpeed, which casts the weights themselves to bf16 instead (unmeasured on CPU; one CI run aborted).
     """
     if torch.cuda.is_available():
         auto_dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
@@ -57,9 +58,9 @@ def choose(dtype: str = "auto", gradient_checkpointing: bool | None = None, attn
         auto_ckpt, device, why = large_model, "cuda", f"GPU {torch.cuda.get_device_name(0)}"
     else:
         auto_dtype, auto_attn, auto_ckpt, device = "float32", "sdpa", False, "cpu"
-        native = cpu_has_native_bf16()
+        native = cpu_has_native_bf16() and not deepspeed
         auto_autocast = "bfloat16" if native else "none"
-        why = (f"CPU: fp32 weights, {'bf16 autocast (native bf16 matmul)' if native else 'fp32 matmuls (no native bf16)'}, "
+        why = (f"CPU: fp32 weights, {'bf16 autocast (native bf16 matmul)' if native else 'fp32 matmuls'}, "
                "no gradient checkpointing (recompute costs more than the memory saves)")
     if dtype != "auto":
         auto_dtype, auto_autocast = dtype, dtype if dtype != "float32" else "none"
