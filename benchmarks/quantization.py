@@ -42,17 +42,15 @@ def sizes_and_loss(model_dir: Path, rows: list[dict]) -> list[dict]:
 
 
 def build_big(work: Path, rows: list[dict]) -> tuple[Path, Path, int]:
-    """A >= 100 M parameter Llama with a tokenizer trained on the SFT rows, and its 4-bit copy (for the file ratio)."""
+    """A >= 100 M parameter Llama with a tokenizer trained on the SFT rows (the throughput part's work directory
+    layout: rows.json, model/), and its 4-bit copy (for the file ratio)."""
     from transformers import AutoModelForCausalLM
 
-    from llm_assets.recipes import ArchitectureGroup
-    from llm_assets.training.builtin import build_tiny, render_chat
+    from benchmarks.run import build_workdir
     from llm_assets.training.common import quantization_config
 
-    fp32, nf4 = work / "big-fp32", work / "big-nf4"
-    (work / "rows.json").write_text(json.dumps(rows))
-    texts = [render_chat(r["prompt"] + [{"role": "assistant", "content": r["completion"]}]) for r in rows]
-    params = build_tiny(texts, ArchitectureGroup(**BIG), 256, seed=0, output_dir=fp32)["parameters"]
+    fp32, nf4 = work / "model", work / "big-nf4"
+    params = build_workdir(work, rows, BIG, 256)["parameters"]
     AutoModelForCausalLM.from_pretrained(fp32, quantization_config=quantization_config(4, torch.float32)).save_pretrained(nf4)
     return fp32, nf4, params
 
@@ -79,7 +77,7 @@ def _child(method: str, work: str, steps: int, checkpointing: bool) -> None:
     torch.set_num_threads(2)
     baseline = rss_mb("VmRSS")  # the interpreter and libraries, before any weights
     rows = json.loads((Path(work) / "rows.json").read_text())
-    trainer = our_trainer(str(Path(work) / "big-fp32"), rows, 256, 4, steps, str(Path(work) / f"run-{method}"),
+    trainer = our_trainer(str(Path(work) / "model"), rows, 256, 4, steps, str(Path(work) / f"run-{method}"),
                           method=method, gradient_checkpointing=checkpointing)
     torch.set_num_threads(2)
     loaded = rss_mb("VmRSS")

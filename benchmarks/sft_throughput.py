@@ -64,14 +64,14 @@ def trl_trainer(config: str, model_dir: str, rows: list[dict], max_length: int, 
     return SFTTrainer(model=model, args=SFTConfig(**fixed, **tuned), train_dataset=data, processing_class=tok)
 
 
-def our_trainer(model_dir: str, rows: list[dict], max_length: int, batch: int, steps: int, out: str, model: dict | None = None, **sft):
+def our_trainer(model_dir: str, rows: list[dict], max_length: int, batch: int, steps: int, out: str, **sft):
     from llm_assets.recipes import Recipe
     from llm_assets.training.common import hardware_for
     from llm_assets.training.report import Reporter
     from llm_assets.training.sft import make_trainer, tokenized
     from llm_assets.training.spec import StageSpec
 
-    recipe = Recipe(name="bench", data={"max_length": max_length}, model=model or {},
+    recipe = Recipe(name="bench", data={"max_length": max_length},
                     sft={"max_steps": steps, "per_device_batch_size": batch, "logging_steps": steps, "save_steps": steps * 10, **sft})
     spec = StageSpec(stage="sft", recipe=recipe.model_dump(mode="json"), output_dir=out, inputs={"model": model_dir},
                      datasets={}, options={})
