@@ -25,16 +25,6 @@ def plain(messages: list[dict[str, str]]) -> str:
     return "\n".join(m["content"] for m in messages) + "\n"
 
 
-def preference_dataset(rows: list[dict[str, Any]], template: str) -> Dataset:
-    if template == "plain":
-        return Dataset.from_list([{"prompt": plain(r["prompt"]), "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])
-    return Dataset.from_list([
-        {"prompt": r["prompt"], "chosen": [{"role": "assistant", "content": r["chosen"]}],
-         "rejected": [{"role": "assistant", "content": r["rejected"]}]}
-        for r in rows
-    ])
-
-
 def prompt_dataset(rows: list[dict[str, Any]], template: str) -> Dataset:
     return Dataset.from_list([{"prompt": plain(r["prompt"]) if template == "plain" else r["prompt"]} for r in rows])
 

@@ -9,12 +9,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llm_assets.training.tokens import encode_pairs, full_text, prompt_text
+from llm_assets.training.tokens import LEFT_OUT, TRUNCATED, encode_pairs, preference_tokens, prompt_text
 
 
 def _batches(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+def _padded(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask (a sequence-classification head reads the last real token)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    return ids, mask
 
 
 @torch.no_grad()
@@ -23,12 +34,7 @@ def reply_logprobs(model, tok, prompts, replies, template: str, max_length: int,
     model.eval()
     out = []
     for batch in _batches(encode_pairs(tok, prompts, replies, template, max_length), batch_size):
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.full((len(batch), width), tok.pad_token_id)
-        mask = torch.zeros_like(ids)
-        for i, (seq, _) in enumerate(batch):
-            ids[i, :len(seq)] = torch.tensor(seq)
-            mask[i, :len(seq)] = 1
+        ids, mask = _padded([seq for seq, _ in batch], tok.pad_token_id)
         logp = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
         tok_lp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
         for i, (seq, start) in enumerate(batch):
@@ -85,23 +91,43 @@ def exact_match(model, tok, rows: list[dict[str, Any]], template: str, max_new_t
 
 
 @torch.no_grad()
-def reward_scores(rm, tok, prompts, replies, template: str, max_length: int, batch_size: int = 32) -> list[float]:
+def sequence_scores(rm, tok, seqs: list[list[int]], batch_size: int = 32) -> list[float]:
     rm.eval()
-    texts = [full_text(tok, p, r, template) for p, r in zip(prompts, replies)]
     scores = []
-    for batch in _batches(texts, batch_size):
-        enc = tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length, add_special_tokens=False)
-        scores += rm(**enc).logits[:, 0].float().tolist()
+    for batch in _batches(seqs, batch_size):
+        ids, mask = _padded(batch, tok.pad_token_id)
+        scores += rm(input_ids=ids, attention_mask=mask).logits[:, 0].float().tolist()
     return scores
 
 
+def reward_scores(rm, tok, prompts, replies, template: str, max_length: int, batch_size: int = 32) -> list[float]:
+    """The reward of each reply, encoded as evaluation encodes (the whole reply, the prompt cut from the left)."""
+    return sequence_scores(rm, tok, [ids for ids, _ in encode_pairs(tok, prompts, replies, template, max_length)], batch_size)
+
+
 def pairwise_accuracy(rm, tok, rows: list[dict[str, Any]], template: str, max_length: int) -> dict[str, float]:
-    prompts = [r["prompt"] for r in rows]
-    chosen = reward_scores(rm, tok, prompts, [r["chosen"] for r in rows], template, max_length)
-    rejected = reward_scores(rm, tok, prompts, [r["rejected"] for r in rows], template, max_length)
-    wins = [c > r for c, r in zip(chosen, rejected)]
-    margin = sum(c - r for c, r in zip(chosen, rejected)) / max(len(rows), 1)
-    return {"reward_accuracy": sum(wins) / max(len(wins), 1), "reward_margin": margin, "pairs": len(rows)}
+    """How often the reward model prefers the chosen reply, on pairs encoded as the reward model trains on them.
+
+    ``reward_accuracy`` = (wins + ties / 2) / pairs: a tie (equal scores, or replies that are the
+    same tokens after truncation) is worth half, so a model that cannot tell pairs apart scores
+    chance, 0.5, never below (counting a tie as a loss once put an untrained head at 13%). The gate
+    reads this figure. ``decided_accuracy`` = wins / (wins + losses) says how good the decided calls
+    were; ``ties``/``tie_rate`` how many were not decided. Pairs whose replies do not fit
+    max_length are left out of every figure and counted in ``pairs_left_out``.
+    """
+    pairs, counts = preference_tokens(rows, tok, template, max_length)
+    pairs = [p for p in pairs if p["outcome"] != LEFT_OUT]
+    chosen = sequence_scores(rm, tok, [p["prompt_ids"] + p["chosen_ids"] for p in pairs]) if pairs else []
+    rejected = sequence_scores(rm, tok, [p["prompt_ids"] + p["rejected_ids"] for p in pairs]) if pairs else []
+    ties = sum(c == r or p["chosen_ids"] == p["rejected_ids"] for p, c, r in zip(pairs, chosen, rejected))
+    wins = sum(c > r and p["chosen_ids"] != p["rejected_ids"] for p, c, r in zip(pairs, chosen, rejected))
+    n = len(pairs)
+    return {"reward_accuracy": (wins + ties / 2) / n if n else 0.0,
+            "decided_accuracy": wins / (n - ties) if n > ties else 0.0,
+            "reward_margin": sum(c - r for c, r in zip(chosen, rejected)) / max(n, 1),
+            "pairs": n, "ties": ties, "tie_rate": ties / n if n else 0.0,
+            "pairs_left_out": counts[LEFT_OUT], "pairs_truncated": counts[TRUNCATED],
+            "indistinguishable_pairs": counts["indistinguishable"]}
 
 
 def kl_to_reference(policy, ref, tok, prompts, replies, template: str, max_length: int) -> float:

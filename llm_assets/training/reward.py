@@ -1,19 +1,33 @@
 """Stage ``reward``: a pairwise (Bradley-Terry) reward model, a sequence-classification head on
-the SFT model (or the model ``reward.base`` names), trained with TRL's RewardTrainer."""
+the SFT model (or the model ``reward.base`` names), trained with TRL's RewardTrainer.
+
+Pairs are tokenized here (``tokens.preference_tokens``: prompts cut from the left, replies whole)
+and given to the trainer as token ids; TRL would otherwise silently drop every pair longer than
+max_length. Training and evaluation see the same encoding."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from datasets import Dataset
 from transformers import set_seed
 from trl import RewardConfig, RewardTrainer
 
 from llm_assets.training.common import hardware_for, lora_config, quiet, save_trained, train_resuming, trainer_args, write_metrics
-from llm_assets.training.data import load_rows, preference_dataset
+from llm_assets.training.data import load_rows
 from llm_assets.training.evaluate import pairwise_accuracy
 from llm_assets.training.models import load_reward_model, load_tokenizer, whole_model_dir
 from llm_assets.training.report import LogCallback, Reporter
 from llm_assets.training.spec import StageSpec
+from llm_assets.training.tokens import pairs_summary, usable_pairs
+
+
+def pair_dataset(rows, tok, template: str, max_length: int, reporter: Reporter) -> tuple[Dataset, dict[str, int]]:
+    """Whole sequences (prompt + reply) per side, as RewardTrainer takes pre-tokenized pairs, and the fit counts."""
+    pairs, counts = usable_pairs(rows, tok, template, max_length)
+    reporter.log(f"[reward] {pairs_summary(counts, max_length)}")
+    return Dataset.from_list([{"chosen_ids": p["prompt_ids"] + p["chosen_ids"], "rejected_ids": p["prompt_ids"] + p["rejected_ids"]}
+                              for p in pairs]), counts
 
 
 def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
@@ -31,10 +45,11 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     model.config.pad_token_id = tok.pad_token_id
     before = pairwise_accuracy(model, tok, held_out, template, recipe.data.max_length)
     reporter.log(f"[reward] {len(train)} pairs, {hw.why}; untrained head accuracy {before['reward_accuracy']:.1%}")
+    dataset, fit = pair_dataset(train, tok, template, recipe.data.max_length, reporter)
 
     args = RewardConfig(**trainer_args(group, spec, hw, include_num_input_tokens_seen="no"), max_length=recipe.data.max_length)
     callback = LogCallback(reporter, "reward")
-    trainer = quiet(RewardTrainer(model=model, args=args, train_dataset=preference_dataset(train, template), processing_class=tok,
+    trainer = quiet(RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
                                   peft_config=lora_config(recipe, "SEQ_CLS") if recipe.sft.method != "full" else None, callbacks=[callback]))
     result, resume = train_resuming(trainer, reporter, "reward")
     if not save_trained(trainer, tok, spec.output_dir, merge_adapter=True):
@@ -42,9 +57,14 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
 
     after = pairwise_accuracy(load_reward_model(spec.output_dir), tok, held_out, template, recipe.data.max_length)
     metrics = {"parent_reward_accuracy": before["reward_accuracy"], "reward_accuracy": after["reward_accuracy"],
-               "reward_margin": after["reward_margin"], "eval_pairs": after["pairs"], "train_pairs": len(train),
+               "decided_accuracy": after["decided_accuracy"], "parent_tie_rate": before["tie_rate"], "ties": after["ties"],
+               "tie_rate": after["tie_rate"], "reward_margin": after["reward_margin"], "eval_pairs": after["pairs"],
+               "eval_pairs_left_out": after["pairs_left_out"], "eval_pairs_indistinguishable": after["indistinguishable_pairs"],
+               "train_pairs": len(train), "train_pairs_used": len(dataset), "train_pairs_truncated": fit["truncated"],
+               "train_pairs_left_out": fit["left_out"], "train_pairs_indistinguishable": fit["indistinguishable"],
                "train_loss": result.training_loss, "steps": trainer.state.global_step, "resumed_from": resume or "",
                "hardware": hw.as_dict(), "log_history": callback.history}
     write_metrics(spec.output_dir, metrics)
-    reporter.log(f"[reward] pairwise accuracy {before['reward_accuracy']:.1%} -> {after['reward_accuracy']:.1%}")
+    reporter.log(f"[reward] pairwise accuracy (a tie counts half) {before['reward_accuracy']:.1%} -> {after['reward_accuracy']:.1%}, "
+                 f"ties {after['ties']} of {after['pairs']} held-out pairs")
     return metrics

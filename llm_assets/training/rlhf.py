@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from datasets import Dataset
 from transformers import AutoModelForCausalLM
 from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
@@ -22,11 +23,25 @@ from llm_assets.training.common import (
     trainer_args,
     write_metrics,
 )
-from llm_assets.training.data import load_rows, preference_dataset, prompt_dataset
+from llm_assets.training.data import load_rows, prompt_dataset
 from llm_assets.training.evaluate import exact_match, generate, kl_to_reference, reward_scores
 from llm_assets.training.models import load_causal_lm, load_reward_model, load_tokenizer, whole_model_dir
 from llm_assets.training.report import LogCallback, Reporter
 from llm_assets.training.spec import StageSpec
+from llm_assets.training.tokens import pairs_summary, usable_pairs
+
+
+class PretokenizedDPOTrainer(DPOTrainer):
+    """DPOTrainer on pairs tokenized by ``tokens.usable_pairs`` (prompt cut from the left, replies whole).
+
+    TRL 1.16's DPOTrainer re-tokenizes text and its collator keeps the start of each sequence,
+    cutting the replies, the only part DPO learns from. It has no public way to pass token ids,
+    so this overrides its private ``_prepare_dataset``; test_dpo_trains_on_our_token_ids fails
+    when TRL renames or stops calling it.
+    """
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        return dataset
 
 
 def judge(policy, reference, rm, tok, prompts, recipe) -> dict[str, float]:
@@ -68,10 +83,13 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     peft = lora_config(recipe) if recipe.sft.method != "full" else None
     common = trainer_args(g, spec, hw, include_num_input_tokens_seen="no")
     callback = LogCallback(reporter, f"rlhf/{g.algorithm}")
+    fit: dict[str, int] = {}  # DPO: what happened to the preference pairs (fit, truncated, left_out, indistinguishable)
     if g.algorithm == "dpo":
+        pairs, fit = usable_pairs(train, tok, template, recipe.data.max_length)
+        reporter.log(f"[rlhf] {pairs_summary(fit, recipe.data.max_length)}")
         args = DPOConfig(**common, beta=g.beta, max_length=recipe.data.max_length)
-        trainer = DPOTrainer(model=policy, args=args, train_dataset=preference_dataset(train, template), processing_class=tok,
-                             peft_config=peft, callbacks=[callback])
+        trainer = PretokenizedDPOTrainer(model=policy, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tok,
+                                         peft_config=peft, callbacks=[callback])
     else:
         Config, Trainer = (RLOOConfig, RLOOTrainer) if g.algorithm == "rloo" else (GRPOConfig, GRPOTrainer)
         args = Config(**common, beta=g.beta, num_generations=g.num_generations, max_completion_length=g.max_new_tokens,
@@ -88,7 +106,7 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
 
     metrics: dict[str, Any] = {"algorithm": g.algorithm, "train_loss": result.training_loss, "steps": trainer.state.global_step,
                                "train_prompts": len(train), "resumed_from": resume or "", "hardware": hw.as_dict(),
-                               "log_history": callback.history}
+                               "log_history": callback.history, **{f"train_pairs_{k}": n for k, n in fit.items()}}
     if rm is not None:
         metrics.update(judge(final, reference, rm, tok, [r["prompt"] for r in held_out], recipe))
         reporter.log(f"[rlhf] mean reward {metrics['sft_mean_reward']:.3f} (SFT) -> {metrics['mean_reward']:.3f}, "

@@ -66,24 +66,40 @@ def release_checkpoint_mapping(model):
 
 
 def tokenized(spec: StageSpec, rows, tok, recipe, reporter: Reporter) -> tuple[Dataset, dict[str, Any]]:
-    """The training rows as token ids: from the tokenization cache when the asset found an entry, else encoded here
-    and written where the asset commits it to the cache."""
+    """The training rows as token ids: from the tokenization cache when the asset found an entry made
+    under this recipe's data.truncation, else encoded here and written where the asset commits it to the cache."""
+    mode = recipe.data.truncation
+    cached = read_tokens(spec.inputs["tokens"], mode) if "tokens" in spec.inputs else None
+    if cached:
+        tokens, fit = cached
+        reporter.log(f"[sft] tokenization cache hit: {len(tokens)} examples ({fit_summary(fit, recipe)})")
+        return tokens, {"tokenization": "cache hit", "tokenize_seconds": 0.0, **fit_metrics(fit)}
     if "tokens" in spec.inputs:
-        tokens, too_long = read_tokens(spec.inputs["tokens"])
-        reporter.log(f"[sft] tokenization cache hit: {len(tokens)} examples ({too_long} left out for length)")
-        return tokens, {"tokenization": "cache hit", "tokenize_seconds": 0.0, "too_long_examples": too_long}
+        reporter.log(f"[sft] the tokenization cache entry was not made with data.truncation={mode!r}: tokenizing again")
     t0 = time.perf_counter()
-    table, too_long = sft_tokens(rows, tok, recipe.data.chat_template, recipe.data.max_length)
-    if too_long:
-        reporter.log(f"[sft] {too_long} of {len(rows)} examples left out: the prompt alone fills data.max_length "
-                     f"({recipe.data.max_length} tokens), so no reply token would be trained on")
+    table, fit = sft_tokens(rows, tok, recipe.data.chat_template, recipe.data.max_length, mode)
+    reporter.log(f"[sft] {table.num_rows} of {len(rows)} examples trained on ({fit_summary(fit, recipe)})")
     if not table.num_rows:
-        raise ValueError(f"no training example has a reply token within data.max_length={recipe.data.max_length}: raise it")
+        raise ValueError(f"no training example fits data.max_length={recipe.data.max_length} with data.truncation={mode!r}: "
+                         "raise data.max_length" + (" or set data.truncation: left" if mode == "drop" else ""))
     if "tokens_out" in spec.options:
         write_tokens(table, Path(spec.options["tokens_out"]))
     seconds = time.perf_counter() - t0
     reporter.log(f"[sft] tokenized {table.num_rows} examples in {seconds:.1f} s")
-    return Dataset(table.replace_schema_metadata(None)), {"tokenization": "computed", "tokenize_seconds": round(seconds, 2), "too_long_examples": too_long}
+    return Dataset(table.replace_schema_metadata(None)), {"tokenization": "computed", "tokenize_seconds": round(seconds, 2), **fit_metrics(fit)}
+
+
+def fit_summary(fit: dict[str, int], recipe) -> str:
+    """Why rows were truncated or left out, in the recipe's terms."""
+    cut = f"{fit['truncated']} with the prompt cut from the left, " if recipe.data.truncation == "left" else ""
+    why = "their reply alone fills it" if recipe.data.truncation == "left" else "data.truncation: drop"
+    return (f"{fit['fit']} fit whole in data.max_length ({recipe.data.max_length} tokens), {cut}"
+            f"{fit['left_out']} left out: {why}")
+
+
+def fit_metrics(fit: dict[str, int]) -> dict[str, int]:
+    """``too_long_examples`` kept under its old name (rows left out for length) beside the new counts."""
+    return {"too_long_examples": fit["left_out"], "examples_fit": fit["fit"], "examples_truncated": fit["truncated"]}
 
 
 def make_trainer(spec: StageSpec, hw, tokens: Dataset, tok, callbacks: list) -> SFTTrainer:
