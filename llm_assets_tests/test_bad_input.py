@@ -53,10 +53,29 @@ def test_ten_megabyte_row_is_quarantined_as_too_long():
     assert len(r.quarantine.iloc[0]["raw"]) < 1000  # the quarantine keeps an excerpt, not 10 MB
 
 
-def test_duplicates_keep_the_first_and_name_it():
-    data = b"\n".join(lines(GOOD + [GOOD[1]])) + b"\n"
+def test_duplicates_are_deduplicated_not_quarantined_and_name_the_kept_row():
+    data = b"\n".join(lines(GOOD + [GOOD[1], GOOD[3]])) + b"\n"
     r = validate_drop("sft", "d.jsonl", data)
-    assert_only(r, 6, "duplicate", "row 6: exact duplicate of row 2")
+    assert r.rows_in == 7 and r.rows_kept == 5 and r.rows_quarantined == 0 and r.rows_duplicate == 2
+    assert r.duplicates.to_dict("records") == [{"source_row": 6, "duplicate_of": 2}, {"source_row": 7, "duplicate_of": 4}]
+    assert r.reject_rate == 0.0 and r.reasons().empty
+    assert r.rows_in == r.rows_kept + r.rows_quarantined + r.rows_duplicate
+
+
+def test_duplicates_do_not_count_toward_the_reject_rate():
+    data = b"\n".join(lines(GOOD + [GOOD[0]]) + [b"{oops"]) + b"\n"
+    r = validate_drop("sft", "d.jsonl", data)
+    assert (r.rows_in, r.rows_kept, r.rows_quarantined, r.rows_duplicate) == (7, 5, 1, 1)
+    assert r.reject_rate == 1 / 7
+    assert list(r.reasons()["reason"]) == ["malformed_json"]
+
+
+def test_shared_news_duplicates_are_not_rejects(shared_data):
+    r = validate_drop("pretraining", "news.jsonl", (shared_data / "cpt" / "news_articles.jsonl").read_bytes())
+    assert (r.rows_in, r.rows_kept, r.rows_quarantined, r.rows_duplicate) == (400, 390, 0, 10)
+    assert r.reject_rate == 0.0
+    assert (r.duplicates["duplicate_of"] < r.duplicates["source_row"]).all()
+    assert set(r.duplicates["duplicate_of"]) <= set(r.dataset["source_row"])
 
 
 def test_ragged_csv_row():
@@ -94,6 +113,6 @@ def test_several_defects_each_quarantined_exactly_once():
     ls[1:1] = [b"{oops", b'{"prompt": "p", "completion": ""}']
     ls.append(ls[0])
     r = validate_drop("sft", "d.jsonl", b"\n".join(ls) + b"\n")
-    assert r.rows_in == 8 and r.rows_kept == 5 and r.rows_quarantined == 3
-    assert list(r.quarantine["source_row"]) == [2, 3, 8]
-    assert list(r.quarantine["reason"]) == ["malformed_json", "empty_text", "duplicate"]
+    assert r.rows_in == 8 and r.rows_kept == 5 and r.rows_quarantined == 2 and r.rows_duplicate == 1
+    assert list(r.quarantine["source_row"]) == [2, 3] and list(r.duplicates["source_row"]) == [8]
+    assert list(r.quarantine["reason"]) == ["malformed_json", "empty_text"]

@@ -23,6 +23,7 @@ CHECK_REASONS = {
     "not_empty": ("empty_text", "is empty or only whitespace"),
     "max_chars": ("too_long", "is longer than the limit"),
     "valid_messages": ("bad_messages", "is not a valid message list"),
+    "valid_prompt": ("bad_prompt", "is not a valid prompt (messages ending with a user turn)"),
     "unique": ("duplicate", "is duplicated"),
     "isin": ("bad_value", "has a value outside the allowed set"),
 }
@@ -48,23 +49,35 @@ def _optional_string_column() -> pa.Column:
     return pa.Column(None, nullable=True, required=False, checks=[pa.Check(_is_string, element_wise=True, name="is_string")])
 
 
-def _messages_column(max_chars: int, final_role: str | None) -> pa.Column:
-    def valid(v: Any) -> bool:
-        return check_messages(v, final_role=final_role) is None and sum(len(m["content"]) for m in v) <= max_chars
+# The final role each message check requires, so a failure can be explained by ``check_messages``.
+MESSAGE_CHECKS = {"valid_messages": "assistant", "valid_prompt": "user"}
 
-    return pa.Column(None, nullable=False, checks=[pa.Check(valid, element_wise=True, name="valid_messages")])
+
+def _messages_column(max_chars: int, check: str) -> pa.Column:
+    def valid(v: Any) -> bool:
+        return check_messages(v, final_role=MESSAGE_CHECKS[check]) is None and sum(len(m["content"]) for m in v) <= max_chars
+
+    return pa.Column(None, nullable=False, checks=[pa.Check(valid, element_wise=True, name=check)])
+
+
+def _message_failure(check: str, value: Any) -> str | None:
+    """The reason a message list failed its check, in words (pandera only knows the check's name)."""
+    why = check_messages(value, final_role=MESSAGE_CHECKS[check])
+    if why is None and isinstance(value, list):
+        why = f"has {sum(len(m['content']) for m in value):,} characters, more than the limit (DatasetConfig.max_chars)"
+    return why
 
 
 def source_schema(fmt: Format, max_chars: int) -> pa.DataFrameSchema:
     columns: dict[str, pa.Column] = {c: _string_column(max_chars) for c in fmt.text_fields}
     columns.update({c: _optional_string_column() for c in fmt.optional})
     if fmt.name == "chat":
-        columns["messages"] = _messages_column(max_chars, final_role="assistant")
+        columns["messages"] = _messages_column(max_chars, "valid_messages")
     if fmt.name == "preference":  # prompt may be a string or a message list
         columns["prompt"] = pa.Column(None, nullable=False, checks=[pa.Check(
             lambda v: (isinstance(v, str) and bool(v.strip()) and len(v) <= max_chars)
             or (isinstance(v, list) and check_messages(v, final_role="user") is None),
-            element_wise=True, name="valid_messages")])
+            element_wise=True, name="valid_prompt")])
     return pa.DataFrameSchema(columns, name=f"source_{fmt.name}", strict=False)
 
 
@@ -77,7 +90,7 @@ def dataset_schema(kind: str, max_chars: int = 10**9) -> pa.DataFrameSchema:
         "meta": pa.Column(str),
     }
     for c in CANONICAL[kind]:
-        columns[c] = _messages_column(max_chars, final_role="user") if c == "prompt" else _string_column(max_chars)
+        columns[c] = _messages_column(max_chars, "valid_prompt") if c == "prompt" else _string_column(max_chars)
     return pa.DataFrameSchema(columns, name=f"{kind}_dataset", strict=True, ordered=False)
 
 
@@ -95,6 +108,8 @@ def row_failures(schema: pa.DataFrameSchema, df: pd.DataFrame) -> dict[Any, list
         reason, text = CHECK_REASONS.get(check, ("contract", f"fails check {case.check}"))
         if check == "max_chars":
             text = f"has {len(case.failure_case):,} characters, more than the limit (DatasetConfig.max_chars)" if isinstance(case.failure_case, str) else text
+        if check in MESSAGE_CHECKS and isinstance(case.failure_case, list):
+            text = _message_failure(check, case.failure_case) or text
         if case.index is None or pd.isna(case.index):
             table_level.append(f"column '{case.column}': {case.check} ({case.failure_case})")
             continue

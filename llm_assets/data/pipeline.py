@@ -1,8 +1,10 @@
-"""One landed file in, a validated dataset and a quarantine table out.
+"""One landed file in, a validated dataset, a quarantine table and a duplicates table out.
 
-read -> map columns -> source contract -> canonical rows -> PII scrub -> exact de-duplication
--> split by content hash -> dataset contract. Every row that does not make it is in the
-quarantine table with its source row number and reason: rows in = kept + quarantined.
+read -> map columns -> source contract -> canonical rows -> PII scrub -> row checks after mapping
+(the dataset contract, row by row) -> exact de-duplication -> split by content hash. Every row
+that is not kept is either in the quarantine table (with its source row number and reason) or,
+when it repeats a kept row exactly, in the duplicates table: rows in = kept + quarantined +
+duplicates. Duplicates are de-duplication, not rejection: they never count toward the reject rate.
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+import pandera.pandas as pa
 
 from llm_assets.data.contracts import dataset_schema, row_failures, source_schema
-from llm_assets.data.formats import CANONICAL, Format, RowError, rename_columns, resolve_format
-from llm_assets.data.pii import scrub_value
+from llm_assets.data.formats import CANONICAL, Format, RowError, canonical_row_error, rename_columns, resolve_format
+from llm_assets.data.pii import scrub, scrub_value
 from llm_assets.data.readers import Rejection, excerpt, read_rows
 
 DEFAULT_MAX_CHARS = 100_000
 DEFAULT_EVAL_FRACTION = 0.1
 QUARANTINE_COLUMNS = ["source_row", "reason", "field", "detail", "raw"]
+DUPLICATE_COLUMNS = ["source_row", "duplicate_of"]
 
 
 @dataclass
@@ -35,6 +39,7 @@ class DropResult:
     blank_lines: int
     columns_seen: list[str]
     pii_counts: Counter = field(default_factory=Counter)
+    duplicates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DUPLICATE_COLUMNS))
 
     @property
     def rows_kept(self) -> int:
@@ -45,7 +50,12 @@ class DropResult:
         return len(self.quarantine)
 
     @property
+    def rows_duplicate(self) -> int:
+        return len(self.duplicates)
+
+    @property
     def reject_rate(self) -> float:
+        """Quarantined rows over rows in; exact duplicates are not rejects."""
         return self.rows_quarantined / self.rows_in if self.rows_in else 0.0
 
     def reasons(self) -> pd.DataFrame:
@@ -71,6 +81,71 @@ def _raw(row: dict[str, Any]) -> str:
     return excerpt(json.dumps(row, ensure_ascii=False, default=str))
 
 
+def _quarantined(n: int, reason: str, field: str | None, detail: str, raw: str) -> dict[str, Any]:
+    """A quarantine entry; the detail may quote the row, so it is scrubbed like the raw excerpt."""
+    return {"source_row": n, "reason": reason, "field": field, "detail": scrub(detail), "raw": raw}
+
+
+def _source_failures(fmt: Format, rows: list[tuple[int, dict[str, Any]]], max_chars: int) -> dict[int, dict[str, Any]]:
+    """Rows whose own fields break the detected format's contract, by position in ``rows``."""
+    source = pd.DataFrame({c: [r.get(c) for _, r in rows] for c in fmt.columns}, dtype=object)
+    out = {}
+    for i, problems in sorted(row_failures(source_schema(fmt, max_chars), source).items()):
+        n, r = rows[i]
+        detail = "; ".join(f"field '{col}' {text}" for _, col, text in problems)
+        out[i] = _quarantined(n, problems[0][0], problems[0][1], f"row {n}: {detail}", _raw(r))
+    return out
+
+
+def _canonical_rows(kind: str, fmt: Format, rows: list[tuple[int, dict[str, Any]]], skip: set[int], pii: Counter
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Map, scrub and check each row; returns (candidates with source_row and meta, quarantine entries)."""
+    candidates, rejected = [], []
+    for i, (n, r) in enumerate(rows):
+        if i in skip:
+            continue
+        try:
+            canon = {k: scrub_value(v, pii) for k, v in fmt.mapper(r).items()}
+            problem = canonical_row_error(kind, canon)
+            if problem:
+                raise problem
+        except RowError as e:
+            rejected.append(_quarantined(n, e.reason, e.field, f"row {n}: {e}", _raw(r)))
+            continue
+        extra = scrub_value({k: v for k, v in r.items() if k not in fmt.columns}, pii)
+        candidates.append({"source_row": n, "meta": json.dumps(extra, sort_keys=True, ensure_ascii=False, default=str), **canon})
+    return candidates, rejected
+
+
+def _contract_failures(kind: str, candidates: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Mapped rows that would break the stored dataset's contract, caught here one by one so no row fails the drop."""
+    if not candidates:
+        return {}
+    columns = CANONICAL[kind]
+    schema = dataset_schema(kind)
+    per_row = pa.DataFrameSchema({c: schema.columns[c] for c in columns}, name=schema.name)
+    frame = pd.DataFrame({c: [row[c] for row in candidates] for c in columns}, dtype=object)
+    out = {}
+    for i, problems in row_failures(per_row, frame).items():
+        n = candidates[i]["source_row"]
+        detail = "; ".join(f"after mapping, field '{col}' {text}" for _, col, text in problems)
+        out[i] = _quarantined(n, problems[0][0], problems[0][1], f"row {n}: {detail}", excerpt(json.dumps(candidates[i], ensure_ascii=False)))
+    return out
+
+
+def _deduplicate(kind: str, candidates: list[dict[str, Any]], eval_fraction: float) -> tuple[list[dict[str, Any]], list[dict[str, int]]]:
+    """Keep the first occurrence of each content; later exact copies name the row they repeat."""
+    kept, duplicates, first_row_of = [], [], {}
+    for row in candidates:
+        h = content_hash(row, kind)
+        if h in first_row_of:
+            duplicates.append({"source_row": row["source_row"], "duplicate_of": first_row_of[h]})
+            continue
+        first_row_of[h] = row["source_row"]
+        kept.append({**row, "row_hash": h, "split": split_of(h, eval_fraction)})
+    return kept, duplicates
+
+
 def validate_drop(
     kind: str,
     name: str,
@@ -80,51 +155,29 @@ def validate_drop(
     max_chars: int = DEFAULT_MAX_CHARS,
     eval_fraction: float = DEFAULT_EVAL_FRACTION,
 ) -> DropResult:
-    """Validate one landed file. Raises ``UnreadableFile`` / ``FormatError`` for whole-file problems."""
+    """Validate one landed file. Raises ``UnreadableFile`` / ``FormatError`` for whole-file problems only."""
     override = override or {}
     read = read_rows(name, data)
-    rejected: list[dict[str, Any]] = [
-        {"source_row": r.source_row, "reason": r.reason, "field": None, "detail": r.detail, "raw": r.raw} for r in read.rejected
-    ]
+    rejected = [_quarantined(r.source_row, r.reason, None, r.detail, r.raw) for r in read.rejected]
     rows = [(n, rename_columns(r, override.get("columns") or {})) for n, r in read.rows]
     fmt = resolve_format(kind, override, [r for _, r in rows], read.columns_seen)
 
-    source = pd.DataFrame({c: [r.get(c) for _, r in rows] for c in fmt.columns}, dtype=object)
-    failures = row_failures(source_schema(fmt, max_chars), source)
-    for i, problems in sorted(failures.items()):
-        n, r = rows[i]
-        detail = "; ".join(f"field '{col}' {text}" for _, col, text in problems)
-        rejected.append({"source_row": n, "reason": problems[0][0], "field": problems[0][1], "detail": f"row {n}: {detail}", "raw": _raw(r)})
-
+    source_failures = _source_failures(fmt, rows, max_chars)
     pii: Counter = Counter()
-    kept: list[dict[str, Any]] = []
-    first_row_of: dict[str, int] = {}
-    for i, (n, r) in enumerate(rows):
-        if i in failures:
-            continue
-        try:
-            canon = fmt.mapper(r)
-        except RowError as e:
-            rejected.append({"source_row": n, "reason": e.reason, "field": None, "detail": f"row {n}: {e}", "raw": _raw(r)})
-            continue
-        canon = {k: scrub_value(v, pii) for k, v in canon.items()}
-        h = content_hash(canon, kind)
-        if h in first_row_of:
-            rejected.append({"source_row": n, "reason": "duplicate", "field": None,
-                             "detail": f"row {n}: exact duplicate of row {first_row_of[h]}", "raw": _raw(r)})
-            continue
-        first_row_of[h] = n
-        extra = {k: v for k, v in r.items() if k not in fmt.columns}
-        kept.append({"source_row": n, "row_hash": h, "split": split_of(h, eval_fraction),
-                     "meta": json.dumps(extra, sort_keys=True, ensure_ascii=False, default=str), **canon})
+    candidates, mapping_failures = _canonical_rows(kind, fmt, rows, set(source_failures), pii)
+    contract_failures = _contract_failures(kind, candidates)
+    candidates = [row for i, row in enumerate(candidates) if i not in contract_failures]
+    kept, duplicates = _deduplicate(kind, candidates, eval_fraction)
+    rejected += [*source_failures.values(), *mapping_failures, *contract_failures.values()]
 
     columns = ["source_row", "row_hash", "split", "meta", *CANONICAL[kind]]
     dataset = pd.DataFrame(kept, columns=columns).astype({"source_row": "int64"})
     quarantine = pd.DataFrame(rejected, columns=QUARANTINE_COLUMNS).sort_values("source_row", kind="stable").reset_index(drop=True)
     quarantine["source_row"] = quarantine["source_row"].astype("int64")
+    dup_table = pd.DataFrame(duplicates, columns=DUPLICATE_COLUMNS).astype("int64")
     rows_in = len(read.rows) + len(read.rejected)
-    assert rows_in == len(dataset) + len(quarantine), "row accounting is broken: rows in != kept + quarantined"
-    return DropResult(kind, fmt, dataset, quarantine, rows_in, read.blank_lines, read.columns_seen, pii)
+    assert rows_in == len(dataset) + len(quarantine) + len(dup_table), "row accounting is broken: rows in != kept + quarantined + duplicates"
+    return DropResult(kind, fmt, dataset, quarantine, rows_in, read.blank_lines, read.columns_seen, pii, dup_table)
 
 
 def contract_violations(kind: str, dataset: pd.DataFrame) -> list[str]:
@@ -151,4 +204,4 @@ def length_stats(dataset: pd.DataFrame, kind: str) -> dict[str, int]:
     return {"min": int(lengths.min()), "median": int(q[0.5]), "p95": int(q[0.95]), "max": int(lengths.max())}
 
 
-__all__ = ["DropResult", "Rejection", "validate_drop", "contract_violations", "length_stats", "split_of", "content_hash"]
+__all__ = ["DropResult", "Rejection", "DUPLICATE_COLUMNS", "validate_drop", "contract_violations", "length_stats", "split_of", "content_hash"]

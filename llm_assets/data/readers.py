@@ -12,7 +12,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from llm_assets.data.pii import scrub
+
 RAW_EXCERPT = 300
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark, which Windows tools put at the start of text files
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 class UnreadableFile(ValueError):
@@ -36,7 +40,17 @@ class ReadResult:
 
 
 def excerpt(text: str) -> str:
-    return text if len(text) <= RAW_EXCERPT else text[:RAW_EXCERPT] + f"... [{len(text):,} characters]"
+    """The start of a row for the quarantine table, PII scrubbed before it is cut (so no half address survives)."""
+    head = scrub(text[: RAW_EXCERPT * 4])
+    if len(text) <= RAW_EXCERPT * 4 and len(head) <= RAW_EXCERPT:
+        return head
+    return head[:RAW_EXCERPT] + f"... [{len(text):,} characters]"
+
+
+def _nul_rejection(row: int, where: str, text: str) -> Rejection:
+    column = text.index("\x00") + 1
+    return Rejection(row, "nul_byte", f"{where} {row}: contains a NUL byte (\\x00) at column {column}; NUL bytes are not text "
+                     "(a binary or UTF-16 file?): remove them or re-save the file as UTF-8", excerpt(text.replace("\x00", "\\x00")))
 
 
 def _decode(raw: bytes, row: int) -> tuple[str | None, Rejection | None]:
@@ -49,7 +63,7 @@ def _decode(raw: bytes, row: int) -> tuple[str | None, Rejection | None]:
 
 def read_jsonl(data: bytes) -> ReadResult:
     out = ReadResult()
-    lines = data.split(b"\n")
+    lines = data.removeprefix(BOM).split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
     for i, raw in enumerate(lines, start=1):
@@ -60,6 +74,9 @@ def read_jsonl(data: bytes) -> ReadResult:
         text, rej = _decode(raw, i)
         if rej:
             out.rejected.append(rej)
+            continue
+        if "\x00" in text:
+            out.rejected.append(_nul_rejection(i, "line", text))
             continue
         try:
             obj = json.loads(text)
@@ -75,9 +92,13 @@ def read_jsonl(data: bytes) -> ReadResult:
 
 def read_json_array(data: bytes) -> ReadResult:
     try:
-        text = data.decode("utf-8")
+        text = data.removeprefix(BOM).decode("utf-8")
     except UnicodeDecodeError as e:
         raise UnreadableFile(f"byte {e.start} is not valid UTF-8; a .json drop must be UTF-8 as a whole (re-encode it, or use .jsonl)") from None
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise UnreadableFile(f"line {line} contains a NUL byte (\\x00); NUL bytes are not text (a binary or UTF-16 file?): "
+                             "remove them or re-save the file as UTF-8")
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
@@ -94,7 +115,7 @@ def read_json_array(data: bytes) -> ReadResult:
         if isinstance(item, dict):
             out.rows.append((i, item))
         else:
-            out.rejected.append(Rejection(i, "not_an_object", f"element {i}: expected a JSON object, got {type(item).__name__}", excerpt(json.dumps(item)[:RAW_EXCERPT])))
+            out.rejected.append(Rejection(i, "not_an_object", f"element {i}: expected a JSON object, got {type(item).__name__}", excerpt(json.dumps(item, ensure_ascii=False))))
     return out
 
 
@@ -121,10 +142,15 @@ def read_csv(data: bytes) -> ReadResult:
             _, rej = _decode(raw, i)
             out.rejected.append(rej or Rejection(i, "not_utf8", f"row {i}: not valid UTF-8"))
             continue
+        if "\x00" in joined:
+            out.rejected.append(_nul_rejection(i, "row", joined))
+            continue
         if len(fields) != len(header):
             out.rejected.append(Rejection(i, "ragged_row", f"row {i}: {len(fields)} fields but the header has {len(header)} ({', '.join(header)})", excerpt(joined)))
             continue
         out.rows.append((i, dict(zip(header, fields))))
+    if not out.rows and not out.rejected:
+        raise UnreadableFile(f"the CSV has a header ({', '.join(header)}) but no data rows")
     return out
 
 
@@ -141,6 +167,18 @@ def read_parquet(data: bytes) -> ReadResult:
     return out
 
 
+def _nothing_readable(suffix: str, result: ReadResult) -> str:
+    """No row could be read: say why with the first reason, not 'unknown format, columns found []'."""
+    if not result.rejected:
+        return f"the file has columns ({', '.join(result.columns_seen)}) but no rows" if result.columns_seen else "the file holds no rows"
+    n, first = len(result.rejected), result.rejected[0].detail
+    if suffix == ".jsonl":
+        return f"none of the {n:,} lines is a JSON object: {first}. A .jsonl drop has one JSON object per line"
+    if suffix == ".json":
+        return f"none of the {n:,} elements of the array is a JSON object: {first}"
+    return f"none of the {n:,} data rows could be read: {first}"
+
+
 READERS = {".jsonl": read_jsonl, ".json": read_json_array, ".csv": read_csv, ".parquet": read_parquet}
 
 
@@ -148,9 +186,13 @@ def read_rows(name: str, data: bytes) -> ReadResult:
     suffix = "." + name.lower().rsplit(".", 1)[-1]
     if suffix not in READERS:
         raise UnreadableFile(f"unsupported file type {suffix!r}; use one of {', '.join(READERS)}")
-    if not data.strip():
+    if not data.removeprefix(BOM).strip():
         raise UnreadableFile("the file is empty: there are no rows to ingest")
+    if suffix != ".parquet" and data.startswith(UTF16_BOMS):
+        raise UnreadableFile("the file is UTF-16 encoded (it starts with a UTF-16 byte-order mark); re-save it as UTF-8")
     result = READERS[suffix](data)
+    if not result.rows:
+        raise UnreadableFile(_nothing_readable(suffix, result))
     if not result.columns_seen:
         seen: dict[str, None] = {}
         for _, row in result.rows:
