@@ -119,3 +119,101 @@ def test_split_is_deterministic_by_content():
     split_a = dict(zip(a.dataset.row_hash, a.dataset.split))
     assert split_a == dict(zip(b.dataset.row_hash, b.dataset.split))
     assert 0.05 < (a.dataset.split == "eval").mean() < 0.15
+
+
+# Rows are checked after mapping, row by row: each defect is quarantined with its own reason and
+# field, the good rows of the same file are kept unchanged, and the stored dataset holds its contract.
+
+HH_GOOD = [("\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: A joke?\n\nAssistant: A pun.",
+            "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: A joke?\n\nAssistant: No."),
+           ("\n\nHuman: 2+2?\n\nAssistant: 4", "\n\nHuman: 2+2?\n\nAssistant: 5")]
+
+
+def hh_drop(bad_chosen, bad_rejected):
+    """A file with the bad pair between two good ones (source rows 1 and 3)."""
+    rows = [{"chosen": c, "rejected": r} for c, r in [HH_GOOD[0], (bad_chosen, bad_rejected), HH_GOOD[1]]]
+    return validate_drop("preference", "hh.jsonl", jsonl(rows))
+
+
+def assert_quarantined_alone(r, row, reason, field, *fragments):
+    from llm_assets.data.pipeline import contract_violations
+
+    assert r.rows_quarantined == 1 and r.rows_duplicate == 0, r.quarantine.to_dict("records")
+    q = r.quarantine.iloc[0]
+    assert (q["source_row"], q["reason"], q["field"]) == (row, reason, field), q.to_dict()
+    for f in fragments:
+        assert f in q["detail"], q["detail"]
+    assert contract_violations(r.kind, r.dataset) == []
+
+
+def test_hh_pair_whose_prompts_differ_by_a_missing_turn_is_quarantined():
+    common = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Any plans?\n\nAssistant: A walk."
+    r = hh_drop(common + "\n\nAssistant: Then lunch.", "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Any plans?\n\nAssistant: None.")
+    assert_quarantined_alone(r, 2, "missing_turn", "chosen", "'chosen' has a Assistant turn 4 that 'rejected' lacks")
+    assert list(r.dataset["chosen"]) == ["A pun.", "4"] and list(r.dataset["rejected"]) == ["No.", "5"]
+    assert r.dataset.iloc[0]["prompt"] == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                                           {"role": "user", "content": "A joke?"}]
+
+
+def test_hh_pair_with_no_human_turn_before_the_replies_is_quarantined():
+    """Both sides lack the same Human turn: the prompt would end with an Assistant turn (the dataset contract)."""
+    common = "\n\nHuman: Hi\n\nAssistant: Hello!"
+    r = hh_drop(common + "\n\nAssistant: Bye.", common + "\n\nAssistant: Later.")
+    assert_quarantined_alone(r, 2, "missing_turn", "chosen", "turns 2 and 3 are both Assistant turns")
+    assert r.rows_kept == 2
+
+
+def test_hh_empty_human_turn_is_quarantined_naming_the_field():
+    r = hh_drop("\n\nHuman: Hi\n\nAssistant: Yes?\n\nHuman: \n\nAssistant: Ok.", "\n\nHuman: Hi\n\nAssistant: Yes?\n\nHuman: \n\nAssistant: No.")
+    assert_quarantined_alone(r, 2, "empty_turn", "chosen", "field 'chosen': Human turn 3 is empty")
+    assert r.rows_kept == 2
+
+
+@pytest.mark.parametrize("field", ["chosen", "rejected"])
+def test_hh_errors_name_the_field(field):
+    pair = {"chosen": "\n\nHuman: Hi\n\nAssistant: A", "rejected": "\n\nHuman: Hi\n\nAssistant: B"}
+    pair[field] = "\n\nHuman: Hi\n\nAssistant: A\n\nHuman: And?"
+    r = hh_drop(pair["chosen"], pair["rejected"])
+    assert_quarantined_alone(r, 2, "wrong_last_speaker", field, f"field '{field}' ends with a Human turn")
+    pair[field] = "preamble\n\nHuman: Hi\n\nAssistant: A"
+    r = hh_drop(pair["chosen"], pair["rejected"])
+    assert_quarantined_alone(r, 2, "bad_dialogue", field, f"field '{field}': text before the first")
+
+
+def test_identical_chosen_and_rejected_replies_are_quarantined():
+    r = hh_drop("\n\nHuman: Hi\n\nAssistant: Same.", "\n\nHuman: Hi\n\nAssistant: Same.")
+    assert_quarantined_alone(r, 2, "identical_replies", "rejected", "'chosen' and 'rejected' hold the same reply")
+    rows = [{"prompt": "2+2?", "chosen": "4", "rejected": "5"}, {"prompt": "Hi", "chosen": "Hello", "rejected": "Hello "}]
+    r = validate_drop("preference", "p.jsonl", jsonl(rows))
+    assert_quarantined_alone(r, 2, "identical_replies", "rejected")
+    assert r.dataset.iloc[0]["chosen"] == "4"
+
+
+def test_chat_ending_assistant_assistant_is_quarantined():
+    good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}
+    bad = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}, {"role": "assistant", "content": "Again"}]}
+    other = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye."}]}
+    r = validate_drop("sft", "c.jsonl", jsonl([good, bad, other]))
+    assert_quarantined_alone(r, 2, "bad_turn_order", "messages", "messages 2 and 3 are both from the assistant")
+    assert list(r.dataset["completion"]) == ["Yo", "Bye."] and r.dataset.iloc[1]["prompt"] == other["messages"][:-1]
+
+
+def test_chat_errors_name_the_bad_role_and_the_last_speaker():
+    good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}
+    bot = {"messages": [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Yo"}]}
+    ends_user = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}, {"role": "user", "content": "?"}]}
+    r = validate_drop("sft", "c.jsonl", jsonl([good, bot, ends_user]))
+    details = list(r.quarantine["detail"])
+    assert "has role 'bot' in message 2" in details[0], details
+    assert "ends with a 'user' message (message 3); the last message must be from the assistant" in details[1], details
+
+
+def test_every_mapped_row_that_breaks_the_dataset_contract_is_quarantined_not_the_drop():
+    """A chat whose reply follows a system message maps to a prompt ending with 'system'."""
+    from llm_assets.data.pipeline import contract_violations
+
+    good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}
+    bad = {"messages": [{"role": "user", "content": "Hi"}, {"role": "system", "content": "Be brief"}, {"role": "assistant", "content": "Yo"}]}
+    r = validate_drop("sft", "c.jsonl", jsonl([bad, good]))
+    assert r.rows_kept == 1 and r.quarantine.iloc[0]["reason"] == "bad_turn_order" and "follows a system message" in r.quarantine.iloc[0]["detail"]
+    assert contract_violations("sft", r.dataset) == []
