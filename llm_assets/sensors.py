@@ -20,7 +20,6 @@ from dagster import (
     StaticPartitionsDefinition,
     sensor,
 )
-from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from llm_assets.assets.data import SHA_TAG
 from llm_assets.drops import load_cursor, plan_drops
@@ -28,6 +27,13 @@ from llm_assets.jobs import data_jobs
 from llm_assets.partitions import DROP_PARTITIONS
 from llm_assets.recipes import RecipeError, load_recipe, recipe_names
 from llm_assets.resources.landing import KINDS, LandingZone
+
+
+# The tag that carries an observation's data version. Dagster 1.13 has no public way to set one
+# from a sensor (AssetObservation takes no data_version=, ObserveResult is only returned by the
+# source asset's own function); this is the tag its public AssetObservation.data_version reads,
+# and test_sensors.py fails if Dagster ever reads another.
+DATA_VERSION_TAG = "dagster/data_version"
 
 
 def settle_seconds() -> float:
@@ -44,11 +50,11 @@ def landing_sensor(context: SensorEvaluationContext, landing: LandingZone) -> Se
     run_requests, partition_requests = [], []
     for kind in KINDS:
         scan = zone.scan(kind)
-        for name, why in scan.refused:
-            context.log.warning(f"landing/{kind}/{name} ignored: {why}")
         known = set(context.instance.get_dynamic_partitions(DROP_PARTITIONS[kind].name))
-        plan = plan_drops(kind, scan.files, cursor, known, time.time(), settle_seconds(), zone.read)
+        plan = plan_drops(kind, scan.files, cursor, known, time.time(), settle_seconds(), zone.read, scan.refused)
         cursor = plan.cursor
+        for warning in plan.warnings:
+            context.log.warning(warning)
         for note in plan.notes:
             context.log.info(note)
         if plan.new:
@@ -73,10 +79,15 @@ def build_recipe_sensor(partitions: StaticPartitionsDefinition) -> SensorDefinit
                 context.log.error(f"recipe {name!r} not observed, its models keep their last version: {e}")
                 continue
             if seen.get(name) != digest:
-                events.append(AssetObservation(asset_key="recipe", partition=name, tags={DATA_VERSION_TAG: digest}))
+                events.append(recipe_observation(name, digest))
                 seen[name] = digest
         for name in sorted(set(recipe_names()) - known):
             context.log.warning(f"configs/recipes/{name}.yaml is new: reload the code location to add its partition")
         return SensorResult(asset_events=events, cursor=json.dumps(seen, sort_keys=True))
 
     return recipe_sensor
+
+
+def recipe_observation(name: str, digest: str) -> AssetObservation:
+    """An observation of partition ``name`` of the ``recipe`` asset whose data version is the recipe hash."""
+    return AssetObservation(asset_key="recipe", partition=name, tags={DATA_VERSION_TAG: digest})

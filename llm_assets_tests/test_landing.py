@@ -54,3 +54,29 @@ def test_mapping_override_is_read_and_validated(tmp_path):
     (tmp_path / "sft" / "a.jsonl.mapping.yaml").write_text("fromat: alpaca\n")
     with pytest.raises(ValueError, match="only 'format' and 'columns'"):
         zone.mapping_override(f)
+
+
+LONG_NAME = "a" * 244 + ".jsonl"  # 250 bytes: a valid name with no room for ".mapping.yaml" after it
+
+
+def test_a_250_byte_name_is_scanned_and_has_a_short_sidecar(tmp_path):
+    sft = tmp_path / "sft"
+    sft.mkdir()
+    (sft / LONG_NAME).write_text('{"q": "p", "a": "c"}\n')
+    zone = Landing(LocalObjects(tmp_path))
+    (landed,) = zone.scan("sft").files
+    assert landed.name == LONG_NAME and len(landed.key.encode()) < 200
+    assert zone.mapping_override(landed) == {}  # no sidecar: no crash on a name too long to exist
+    (sft / f"{landed.key}.mapping.yaml").write_text("format: prompt_completion\ncolumns: {prompt: q, completion: a}\n")
+    assert zone.mapping_override(zone.find("sft", landed.key)) == {"format": "prompt_completion", "columns": {"prompt": "q", "completion": "a"}}
+    assert [f.name for f in zone.scan("sft").files] == [LONG_NAME]  # the sidecar is not a drop
+
+
+def test_a_name_that_still_fits_keeps_its_sidecar_beside_it(tmp_path):
+    name = "b" * 236 + ".jsonl"  # 242 bytes + ".mapping.yaml" = 255: the longest name with a sidecar beside it
+    (tmp_path / "sft").mkdir()
+    (tmp_path / "sft" / name).write_text("{}")
+    (tmp_path / "sft" / (name + ".mapping.yaml")).write_text("format: alpaca\n")
+    zone = Landing(LocalObjects(tmp_path))
+    (landed,) = zone.scan("sft").files
+    assert zone.mapping_override(landed) == {"format": "alpaca"}

@@ -2,6 +2,12 @@
 
 A drop's partition key is derived from its file name alone, so the same file always maps to
 the same partition, and names that could escape the directory or break a UI are refused.
+
+A file's mapping override is the sidecar ``<file>.mapping.yaml``. A name of more than 242 bytes
+is valid but leaves no room for that suffix within the 255-byte limit of a file name, so such a
+file's sidecar is named after its drop key instead, ``<drop key>.mapping.yaml`` (the key of a
+name that long is a short slug plus a hash; the landing sensor logs the sidecar's name when
+it registers the drop).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 SIDECAR_SUFFIX = ".mapping.yaml"  # "<file>.mapping.yaml" overrides the detected format of "<file>"
 IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".uploading", "~")
 SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+MAX_NAME_BYTES = 255  # the longest file name ext4 and xfs accept
 VERSION_SEPARATOR = "@"  # "<key>@<sha8>": later content of a file name (never in a key drop_key makes)
 
 
@@ -65,10 +72,17 @@ class LandedFile:
         return f"{self.kind}/{self.name}"
 
 
+def sidecar_path(f: LandedFile) -> str:
+    """``<file>.mapping.yaml``, or ``<drop key>.mapping.yaml`` when the former would be too long a name to exist."""
+    if len((f.name + SIDECAR_SUFFIX).encode()) <= MAX_NAME_BYTES:
+        return f.path + SIDECAR_SUFFIX
+    return f"{f.kind}/{f.key}{SIDECAR_SUFFIX}"
+
+
 @dataclass(frozen=True)
 class Scan:
     files: list[LandedFile]
-    refused: list[tuple[str, str]]  # (name, why)
+    refused: list[tuple[str, str]]  # (name, why); why begins with repr(name), so control characters print escaped
 
 
 class Landing:
@@ -89,7 +103,7 @@ class Landing:
             if base.startswith(".") or base.endswith(IN_PROGRESS_SUFFIXES) or base.endswith(SIDECAR_SUFFIX):
                 continue
             if not base.lower().endswith(DATA_SUFFIXES):
-                refused.append((name, f"unsupported file type; landed files end in {', '.join(DATA_SUFFIXES)}"))
+                refused.append((name, f"{name!r}: unsupported file type; landed files end in {', '.join(DATA_SUFFIXES)}"))
                 continue
             try:
                 key = drop_key(name)
@@ -116,8 +130,8 @@ class Landing:
         return self.objects.read_bytes(f.path)
 
     def mapping_override(self, f: LandedFile) -> dict[str, Any]:
-        """The optional ``<file>.mapping.yaml`` beside a landed file (keys: format, columns)."""
-        path = f.path + SIDECAR_SUFFIX
+        """The optional sidecar (see ``sidecar_path``) beside a landed file (keys: format, columns)."""
+        path = sidecar_path(f)
         if not self.objects.exists(path):
             return {}
         try:
