@@ -3,6 +3,10 @@
 Every group maps onto the trainer config it feeds, unknown keys are errors (a typo must never
 silently fall back to a default), and a recipe's hash covers its fully resolved content, so
 editing a comment does not retrain anything while changing any effective value does.
+
+Loading a recipe also checks what its values point at, before any compute is spent: the DeepSpeed
+config it names (read for its real ZeRO stage) and its memory estimate against the GPU it declares.
+Every problem is a ``RecipeError`` naming the file and the key.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from llm_assets.paths import recipes_dir
+from llm_assets.paths import project_root, recipes_dir
+from llm_assets.training.memory import MemoryEstimate, TrainingSetup, estimate
 
 BUILTIN_PREFIX = "builtin:"
 RECIPE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+DEEPSPEED_DIR = Path("configs") / "deepspeed"
 
 
 class RecipeError(ValueError):
@@ -39,6 +45,9 @@ class DataGroup(Group):
     max_reject_rate: float = Field(
         0.05, ge=0, le=1, description="Highest share of a drop's rows that may be quarantined before its dataset check fails."
     )
+    truncation: Literal["drop", "left"] = Field(
+        "drop", description="Examples longer than max_length: 'drop' leaves them out (counted and reported); 'left' cuts the "
+        "prompt from the left so the reply stays whole (an example whose reply alone does not fit is still left out).")
     packing: bool = Field(
         True, description="Pack several examples per sequence with per-document attention (no padding); a batch then holds "
         "per_device_batch_size sequences of up to max_length tokens, not per_device_batch_size examples.")
@@ -74,6 +83,7 @@ class ModelGroup(Group):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
     trust_remote_code: bool = False
+    seed: int = Field(42, description="Initialises the weights of a builtin model (part of base_model's identity).")
     architecture: ArchitectureGroup = ArchitectureGroup()
 
     @model_validator(mode="after")
@@ -150,7 +160,8 @@ class QuantizationGroup(Group):
 
 class DistributedGroup(Group):
     processes: int = Field(1, gt=0, description="Training processes; >1 launches torchrun.")
-    deepspeed: str | None = Field(None, description="DeepSpeed JSON under configs/deepspeed/, used when processes > 1.")
+    deepspeed: str | None = Field(None, description="DeepSpeed JSON (relative to the project root, e.g. "
+                                  "configs/deepspeed/zero2.json), used when processes > 1; it must exist.")
 
 
 class ResourcesGroup(Group):
@@ -192,9 +203,6 @@ class Recipe(Group):
     def _consistent(self) -> "Recipe":
         if self.rlhf is not None and self.rlhf.algorithm in ("rloo", "grpo") and self.reward is None:
             raise ValueError(f"rlhf.algorithm {self.rlhf.algorithm!r} needs a reward model: add a 'reward' group or use 'dpo'")
-        if self.distributed.processes > 1 and self.sft.method == "qlora" and self.distributed.deepspeed:
-            if "zero3" in self.distributed.deepspeed:
-                raise ValueError("QLoRA with ZeRO-3 is not supported by bitsandbytes 4-bit weights; use ZeRO-2")
         return self
 
     @property
@@ -247,10 +255,87 @@ def parse_recipe(path: Path, text: str | None = None) -> Recipe:
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:
         raise RecipeError("\n".join(_format_error(path, err, Recipe) for err in e.errors())) from None
-    from llm_assets.training.memory import check_recipe_fits  # late: memory imports recipes
-
-    check_recipe_fits(recipe, path)
+    stage = zero_stage(recipe, path)
+    _check_zero_stage_supported(recipe, stage, path)
+    _check_fits(recipe, estimate(training_setup(recipe, stage)), path)
     return recipe
+
+
+def deepspeed_config_path(value: str) -> Path:
+    """Where ``distributed.deepspeed`` points: relative paths start at the project root, as the launcher reads them."""
+    path = Path(value)
+    return path if path.is_absolute() else project_root() / path
+
+
+def zero_stage(recipe: Recipe, source: Path | str) -> int:
+    """The ZeRO stage the recipe's DeepSpeed config really sets (``zero_optimization.stage``); 0 without one.
+
+    Read from the file, never guessed from its name: a copy called ``big.json`` can be stage 3.
+    ``source`` (the recipe file) starts every error message.
+    """
+    value = recipe.distributed.deepspeed
+    if not value:
+        return 0
+    where = f"{source}: key 'distributed.deepspeed'"
+    path = deepspeed_config_path(value)
+    if not path.is_file():
+        shipped = project_root() / DEEPSPEED_DIR
+        known = ", ".join(str(DEEPSPEED_DIR / p.name) for p in sorted(shipped.glob("*.json"))) or "none"
+        raise RecipeError(f"{where}: {path} does not exist. DeepSpeed configs in {shipped}: {known}")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecipeError(f"{where}: {path} is not a readable JSON file ({e})") from None
+    zero = config.get("zero_optimization", {}) if isinstance(config, dict) else None
+    stage = zero.get("stage", 0) if isinstance(zero, dict) else None
+    if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
+        raise RecipeError(f"{where}: {path} must set zero_optimization.stage to 0, 1, 2 or 3 (found {stage!r})")
+    return stage
+
+
+def _check_zero_stage_supported(recipe: Recipe, stage: int, path: Path) -> None:
+    """QLoRA loads its 4-bit base without ``bnb_4bit_quant_storage``, which ZeRO-3 needs to partition it."""
+    if recipe.distributed.processes > 1 and recipe.sft.method == "qlora" and stage == 3:
+        raise RecipeError(
+            f"{path}: key 'distributed.deepspeed': {recipe.distributed.deepspeed} is ZeRO stage 3 (its "
+            "zero_optimization.stage), which sft.method 'qlora' cannot use: the 4-bit base weights cannot be "
+            f"partitioned. Use a stage-2 config such as {DEEPSPEED_DIR / 'zero2.json'}, or sft.method 'lora'."
+        )
+
+
+def training_setup(recipe: Recipe, stage: int) -> TrainingSetup:
+    """The recipe's SFT stage (the largest of its training stages) in the memory estimator's terms.
+
+    ``dtype: auto`` and ``gradient_checkpointing: null`` resolve as the hardware choice does: 16-bit and
+    checkpointing on a GPU, fp32 without checkpointing on a CPU.
+    """
+    on_gpu = recipe.resources.gpus > 0
+    dtype, checkpointing = recipe.model.dtype, recipe.sft.gradient_checkpointing
+    processes = recipe.distributed.processes
+    return TrainingSetup(
+        architecture=recipe.model.architecture, method=recipe.sft.method,
+        sequence_length=recipe.data.max_length, batch_size=recipe.sft.per_device_batch_size,
+        low_precision=dtype in ("bfloat16", "float16") or (dtype == "auto" and on_gpu),
+        checkpointing=on_gpu if checkpointing is None else checkpointing, on_gpu=on_gpu,
+        lora_r=recipe.lora.r, lora_target_modules=recipe.lora.target_modules,
+        processes=processes, zero_stage=stage if processes > 1 else 0,
+    )
+
+
+def estimate_memory(recipe: Recipe) -> MemoryEstimate:
+    """Peak per-device training memory of a loaded recipe."""
+    return estimate(training_setup(recipe, zero_stage(recipe, f"recipe '{recipe.name}'")))
+
+
+def _check_fits(recipe: Recipe, memory: MemoryEstimate, path: Path) -> None:
+    """Reject a recipe whose estimate exceeds the GPU memory it declares, with the numbers."""
+    limit = recipe.resources.gpu_memory_gb
+    if limit is not None and memory.total_gb > limit:
+        raise RecipeError(
+            f"{path}: the estimate does not fit resources.gpu_memory_gb = {limit:g}: {memory.describe()}. "
+            "Lower data.max_length or sft.per_device_batch_size, use sft.method: qlora, "
+            "or add processes with a ZeRO config under distributed."
+        )
 
 
 def recipe_files(directory: Path | None = None) -> list[Path]:
@@ -272,4 +357,13 @@ def load_recipe(name: str, directory: Path | None = None) -> Recipe:
 
 
 def load_all_recipes(directory: Path | None = None) -> dict[str, Recipe]:
-    return {p.stem: parse_recipe(p) for p in recipe_files(directory)}
+    """Every recipe; when some are broken, one ``RecipeError`` lists them all (CI shows every fix at once)."""
+    recipes, errors = {}, []
+    for path in recipe_files(directory):
+        try:
+            recipes[path.stem] = parse_recipe(path)
+        except RecipeError as e:
+            errors.append(str(e))
+    if errors:
+        raise RecipeError("\n".join(errors))
+    return recipes

@@ -1,4 +1,4 @@
-"""Per-device training memory, estimated from a recipe before any GPU time is spent.
+"""Per-device training memory, estimated before any GPU time is spent.
 
 Model states follow the ZeRO paper (Rajbhandari et al. 2020, section 3.1): with mixed-precision
 Adam each parameter costs 2 bytes of weights, 2 of gradients and K = 12 of optimizer state
@@ -6,19 +6,48 @@ Adam each parameter costs 2 bytes of weights, 2 of gradients and K = 12 of optim
 + gradients / + parameters across the N_d data-parallel devices. Activations follow
 Korthikanti et al. 2022 (``sbh(34 + 5as/h)`` bytes per layer in 16-bit, ``2sbh`` per layer with
 full activation checkpointing), plus the logits, which dominate for large vocabularies.
+
+The estimate takes plain numbers (a ``TrainingSetup``), not a recipe: ``llm_assets.recipes``
+resolves a recipe into one and checks the result, so the two modules never import each other.
+``python -m llm_assets.training.memory`` (``__main__.py``) prints every recipe's estimate.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from llm_assets.recipes import ArchitectureGroup, Recipe
+from typing import Literal, Protocol
 
 GB = 1e9
 FRAMEWORK_OVERHEAD_BYTES = 1.0 * GB  # CUDA context, kernels, allocator fragmentation
+
+
+class Architecture(Protocol):
+    """The shape of a Llama-style decoder (``recipes.ArchitectureGroup`` is one)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int | None
+    vocab_size: int
+    tie_word_embeddings: bool
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """What one device holds while training: the model, how it is trained and how it is split."""
+
+    architecture: Architecture
+    method: Literal["full", "lora", "qlora"]
+    sequence_length: int
+    batch_size: int
+    low_precision: bool  # 16-bit weights and activations; else fp32
+    checkpointing: bool  # full activation checkpointing
+    on_gpu: bool  # adds the CUDA context and allocator overhead
+    lora_r: int = 16
+    lora_target_modules: list[str] | str = "all-linear"
+    processes: int = 1
+    zero_stage: int = 0
 
 
 @dataclass(frozen=True)
@@ -53,7 +82,7 @@ def zero_model_states(
     return ModelStates(params, grads, optim)
 
 
-def parameter_count(a: "ArchitectureGroup") -> int:
+def parameter_count(a: Architecture) -> int:
     """Parameters of a Llama-style decoder (no biases)."""
     h, i, L, V = a.hidden_size, a.intermediate_size, a.num_layers, a.vocab_size
     kv = h // a.num_heads * (a.num_kv_heads or a.num_heads)
@@ -64,7 +93,7 @@ def parameter_count(a: "ArchitectureGroup") -> int:
     return L * (attn + mlp + norms) + embed + h
 
 
-def lora_parameter_count(a: "ArchitectureGroup", r: int, target_modules: list[str] | str) -> int:
+def lora_parameter_count(a: Architecture, r: int, target_modules: list[str] | str) -> int:
     h, i = a.hidden_size, a.intermediate_size
     kv = h // a.num_heads * (a.num_kv_heads or a.num_heads)
     shapes = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
@@ -101,79 +130,32 @@ class MemoryEstimate:
         )
 
 
-def deepspeed_stage(config_path: str | None) -> int:
-    if not config_path:
-        return 0
-    import json
-
-    from llm_assets.paths import project_root
-
-    path = Path(config_path)
-    path = path if path.is_absolute() else project_root() / path
-    return int(json.loads(path.read_text()).get("zero_optimization", {}).get("stage", 0))
-
-
-def estimate_recipe(recipe: "Recipe") -> MemoryEstimate:
-    """Peak per-device memory of the SFT stage, the largest of the training stages."""
-    a = recipe.model.architecture
+def estimate(setup: TrainingSetup) -> MemoryEstimate:
+    """Peak per-device memory of one training setup."""
+    a = setup.architecture
     n = parameter_count(a)
-    method = recipe.sft.method
-    lowp = recipe.model.dtype in ("bfloat16", "float16") or (recipe.model.dtype == "auto" and recipe.resources.gpus > 0)
-    act_bytes = 2 if lowp else 4
-    if method == "full":
+    act_bytes = 2 if setup.low_precision else 4
+    if setup.method == "full":
         trainable = n
-        weight_b, grad_b = (2.0, 2.0) if lowp else (4.0, 4.0)
-        optim_b = 12.0 if lowp else 8.0  # mixed precision keeps an fp32 master copy
+        weight_b, grad_b = (2.0, 2.0) if setup.low_precision else (4.0, 4.0)
+        optim_b = 12.0 if setup.low_precision else 8.0  # mixed precision keeps an fp32 master copy
     else:
-        trainable = lora_parameter_count(a, recipe.lora.r, recipe.lora.target_modules)
+        trainable = lora_parameter_count(a, setup.lora_r, setup.lora_target_modules)
         # 4-bit NF4 with double quantization: 0.5 byte + ~0.127 bit/param of constants; embeddings stay 16-bit
         embed = a.vocab_size * a.hidden_size * (1 if a.tie_word_embeddings else 2)
         body = n - embed
-        weight_b = ((body * (0.5 + 0.127 / 8) + embed * act_bytes) / n) if method == "qlora" else float(act_bytes)
+        weight_b = ((body * (0.5 + 0.127 / 8) + embed * act_bytes) / n) if setup.method == "qlora" else float(act_bytes)
         grad_b, optim_b = 4.0, 12.0  # adapters train in fp32
-    processes = recipe.distributed.processes
-    stage = deepspeed_stage(recipe.distributed.deepspeed) if processes > 1 else 0
     states = zero_model_states(
-        n, zero_stage=stage, n_devices=processes, trainable=trainable,
+        n, zero_stage=setup.zero_stage, n_devices=setup.processes, trainable=trainable,
         weight_bytes=weight_b, grad_bytes=grad_b, optimizer_bytes=optim_b,
     )
-    s, b, h, L = recipe.data.max_length, recipe.sft.per_device_batch_size, a.hidden_size, a.num_layers
-    checkpointing = recipe.sft.gradient_checkpointing
-    if checkpointing is None:
-        checkpointing = recipe.resources.gpus > 0
-    per_layer = 2 * s * b * h if checkpointing else s * b * h * (34 + 5 * a.num_heads * s / h)
+    s, b, h, L = setup.sequence_length, setup.batch_size, a.hidden_size, a.num_layers
+    per_layer = 2 * s * b * h if setup.checkpointing else s * b * h * (34 + 5 * a.num_heads * s / h)
     activations = L * per_layer * act_bytes / 2 + s * b * a.vocab_size * 4 * 2  # fp32 logits and their gradient
-    overhead = FRAMEWORK_OVERHEAD_BYTES if recipe.resources.gpus > 0 else 0.0
+    overhead = FRAMEWORK_OVERHEAD_BYTES if setup.on_gpu else 0.0
     return MemoryEstimate(
-        parameters=n, trainable=trainable, zero_stage=stage, devices=processes,
+        parameters=n, trainable=trainable, zero_stage=setup.zero_stage, devices=setup.processes,
         weights_gb=states.parameters / GB, gradients_gb=states.gradients / GB, optimizer_gb=states.optimizer / GB,
         activations_gb=activations / GB, overhead_gb=overhead / GB,
     )
-
-
-def check_recipe_fits(recipe: "Recipe", path: Path) -> MemoryEstimate:
-    """Reject a recipe whose estimate exceeds the GPU memory it declares, with the numbers."""
-    from llm_assets.recipes import RecipeError
-
-    estimate = estimate_recipe(recipe)
-    limit = recipe.resources.gpu_memory_gb
-    if limit is not None and estimate.total_gb > limit:
-        raise RecipeError(
-            f"{path}: the estimate does not fit resources.gpu_memory_gb = {limit:g}: {estimate.describe()}. "
-            "Lower data.max_length or sft.per_device_batch_size, use sft.method: qlora, "
-            "or add processes with a ZeRO config under distributed."
-        )
-    return estimate
-
-
-def main() -> None:
-    """``python -m llm_assets.training.memory``: the estimate of every recipe in configs/recipes/."""
-    from llm_assets.recipes import load_all_recipes
-
-    for name, recipe in load_all_recipes().items():
-        limit = recipe.resources.gpu_memory_gb
-        print(f"{name}: {estimate_recipe(recipe).describe()}" + (f"; fits {limit:g} GB" if limit else ""))
-
-
-if __name__ == "__main__":
-    main()
