@@ -62,6 +62,17 @@ def test_duplicates_are_deduplicated_not_quarantined_and_name_the_kept_row():
     assert r.rows_in == r.rows_kept + r.rows_quarantined + r.rows_duplicate
 
 
+def test_duplicates_table_round_trips_through_parquet(tmp_path):
+    from llm_assets.data.io import read_table, write_duplicates
+
+    r = validate_drop("sft", "d.jsonl", b"\n".join(lines(GOOD + [GOOD[1]])) + b"\n")
+    write_duplicates(r.duplicates, tmp_path / "duplicates.parquet")
+    assert read_table(tmp_path / "duplicates.parquet").to_dict("records") == [{"source_row": 6, "duplicate_of": 2}]
+    empty = validate_drop("sft", "d.jsonl", b"\n".join(lines(GOOD)) + b"\n").duplicates
+    write_duplicates(empty, tmp_path / "none.parquet")
+    assert list(read_table(tmp_path / "none.parquet").columns) == ["source_row", "duplicate_of"]
+
+
 def test_duplicates_do_not_count_toward_the_reject_rate():
     data = b"\n".join(lines(GOOD + [GOOD[0]]) + [b"{oops"]) + b"\n"
     r = validate_drop("sft", "d.jsonl", data)

@@ -149,7 +149,7 @@ def assert_quarantined_alone(r, row, reason, field, *fragments):
 def test_hh_pair_whose_prompts_differ_by_a_missing_turn_is_quarantined():
     common = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Any plans?\n\nAssistant: A walk."
     r = hh_drop(common + "\n\nAssistant: Then lunch.", "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Any plans?\n\nAssistant: None.")
-    assert_quarantined_alone(r, 2, "missing_turn", "chosen", "'chosen' has a Assistant turn 4 that 'rejected' lacks")
+    assert_quarantined_alone(r, 2, "missing_turn", "chosen", "'chosen' has an extra Assistant turn (4) that 'rejected' lacks")
     assert list(r.dataset["chosen"]) == ["A pun.", "4"] and list(r.dataset["rejected"]) == ["No.", "5"]
     assert r.dataset.iloc[0]["prompt"] == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
                                            {"role": "user", "content": "A joke?"}]

@@ -123,7 +123,7 @@ def _prompt_mismatch(chosen: list[dict[str, str]], rejected: list[dict[str, str]
         if i is not None:
             at_fault = longer if not _alternates(sides[longer]) else shorter
             role = HH_SPEAKER[sides[longer][i]["role"]]
-            return RowError("missing_turn", f"field '{at_fault}': '{longer}' has a {role} turn {i + 1} that '{shorter}' lacks; "
+            return RowError("missing_turn", f"field '{at_fault}': '{longer}' has an extra {role} turn ({i + 1}) that '{shorter}' lacks; "
                             "otherwise their prompts match, but a preference pair must share its prompt", at_fault)
     at = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)) - 1)
     return RowError("prompt_mismatch", f"'chosen' and 'rejected' differ at turn {at + 1}, before their final Assistant turn: "

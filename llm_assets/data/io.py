@@ -9,12 +9,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llm_assets.data.formats import CANONICAL
-from llm_assets.data.pipeline import QUARANTINE_COLUMNS
+from llm_assets.data.pipeline import DUPLICATE_COLUMNS, QUARANTINE_COLUMNS
 
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 BASE = [("source_row", pa.int64()), ("row_hash", pa.string()), ("split", pa.string()), ("meta", pa.string())]
 QUARANTINE = pa.schema([("source_row", pa.int64()), ("reason", pa.string()), ("field", pa.string()),
                         ("detail", pa.string()), ("raw", pa.string())])
+DUPLICATES = pa.schema([("source_row", pa.int64()), ("duplicate_of", pa.int64())])
 
 
 def dataset_arrow_schema(kind: str) -> pa.Schema:
@@ -28,6 +29,11 @@ def write_dataset(df: pd.DataFrame, path: Path, kind: str) -> None:
 
 def write_quarantine(df: pd.DataFrame, path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(df[QUARANTINE_COLUMNS].to_dict("records"), schema=QUARANTINE), path)
+
+
+def write_duplicates(df: pd.DataFrame, path: Path) -> None:
+    """Rows left out as exact copies, each with the source row of the copy that was kept."""
+    pq.write_table(pa.Table.from_pylist(df[DUPLICATE_COLUMNS].to_dict("records"), schema=DUPLICATES), path)
 
 
 def read_table(path: Path) -> pd.DataFrame:
