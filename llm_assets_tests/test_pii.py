@@ -65,3 +65,13 @@ def test_quarantine_raw_and_detail_are_scrubbed():
     leaked = r.quarantine[["raw", "detail"]].to_json()
     assert "kathy" not in leaked and "555-2994" not in leaked, leaked
     assert "[EMAIL]" in r.quarantine.iloc[0]["raw"] and "[PHONE]" in r.quarantine.iloc[1]["raw"]
+
+
+def test_pii_counts_are_what_the_stored_dataset_had_scrubbed():
+    """A duplicate or a row quarantined after mapping is not stored, so its scrubbed PII is not counted."""
+    rows = [{"prompt": "mail kathy.bates@gmail.com", "chosen": "a", "rejected": "b"},
+            {"prompt": "mail kathy.bates@gmail.com", "chosen": "a", "rejected": "b"},
+            {"prompt": "call (512) 555-2994", "chosen": "same", "rejected": "same"}]
+    r = validate_drop("preference", "p.jsonl", jsonl(rows))
+    assert (r.rows_kept, r.rows_duplicate, r.rows_quarantined) == (1, 1, 1)
+    assert r.pii_counts == Counter(email=1)

@@ -97,13 +97,14 @@ def _source_failures(fmt: Format, rows: list[tuple[int, dict[str, Any]]], max_ch
     return out
 
 
-def _canonical_rows(kind: str, fmt: Format, rows: list[tuple[int, dict[str, Any]]], skip: set[int], pii: Counter
+def _canonical_rows(kind: str, fmt: Format, rows: list[tuple[int, dict[str, Any]]], skip: set[int]
                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Map, scrub and check each row; returns (candidates with source_row and meta, quarantine entries)."""
+    """Map, scrub and check each row; returns (candidates with source_row, meta and their PII counts, quarantine entries)."""
     candidates, rejected = [], []
     for i, (n, r) in enumerate(rows):
         if i in skip:
             continue
+        pii: Counter = Counter()
         try:
             canon = {k: scrub_value(v, pii) for k, v in fmt.mapper(r).items()}
             problem = canonical_row_error(kind, canon)
@@ -113,7 +114,7 @@ def _canonical_rows(kind: str, fmt: Format, rows: list[tuple[int, dict[str, Any]
             rejected.append(_quarantined(n, e.reason, e.field, f"row {n}: {e}", _raw(r)))
             continue
         extra = scrub_value({k: v for k, v in r.items() if k not in fmt.columns}, pii)
-        candidates.append({"source_row": n, "meta": json.dumps(extra, sort_keys=True, ensure_ascii=False, default=str), **canon})
+        candidates.append({"source_row": n, "meta": json.dumps(extra, sort_keys=True, ensure_ascii=False, default=str), "pii": pii, **canon})
     return candidates, rejected
 
 
@@ -129,7 +130,8 @@ def _contract_failures(kind: str, candidates: list[dict[str, Any]]) -> dict[int,
     for i, problems in row_failures(per_row, frame).items():
         n = candidates[i]["source_row"]
         detail = "; ".join(f"after mapping, field '{col}' {text}" for _, col, text in problems)
-        out[i] = _quarantined(n, problems[0][0], problems[0][1], f"row {n}: {detail}", excerpt(json.dumps(candidates[i], ensure_ascii=False)))
+        shown = {c: candidates[i][c] for c in columns}
+        out[i] = _quarantined(n, problems[0][0], problems[0][1], f"row {n}: {detail}", excerpt(json.dumps(shown, ensure_ascii=False)))
     return out
 
 
@@ -163,8 +165,7 @@ def validate_drop(
     fmt = resolve_format(kind, override, [r for _, r in rows], read.columns_seen)
 
     source_failures = _source_failures(fmt, rows, max_chars)
-    pii: Counter = Counter()
-    candidates, mapping_failures = _canonical_rows(kind, fmt, rows, set(source_failures), pii)
+    candidates, mapping_failures = _canonical_rows(kind, fmt, rows, set(source_failures))
     contract_failures = _contract_failures(kind, candidates)
     candidates = [row for i, row in enumerate(candidates) if i not in contract_failures]
     kept, duplicates = _deduplicate(kind, candidates, eval_fraction)
@@ -175,6 +176,7 @@ def validate_drop(
     quarantine = pd.DataFrame(rejected, columns=QUARANTINE_COLUMNS).sort_values("source_row", kind="stable").reset_index(drop=True)
     quarantine["source_row"] = quarantine["source_row"].astype("int64")
     dup_table = pd.DataFrame(duplicates, columns=DUPLICATE_COLUMNS).astype("int64")
+    pii = sum((row["pii"] for row in kept), Counter())  # what the stored dataset had scrubbed
     rows_in = len(read.rows) + len(read.rejected)
     assert rows_in == len(dataset) + len(quarantine) + len(dup_table), "row accounting is broken: rows in != kept + quarantined + duplicates"
     return DropResult(kind, fmt, dataset, quarantine, rows_in, read.blank_lines, read.columns_seen, pii, dup_table)
