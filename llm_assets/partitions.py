@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster import DynamicPartitionsDefinition, StaticPartitionsDefinition
+from dagster import DagsterInvalidDefinitionError, DynamicPartitionsDefinition, StaticPartitionsDefinition
 
 from llm_assets.recipes import recipe_names
 from llm_assets.resources.landing import KINDS
@@ -13,5 +13,18 @@ DROP_PARTITIONS: dict[str, DynamicPartitionsDefinition] = {
 
 
 def recipe_partitions() -> StaticPartitionsDefinition:
-    """One partition per file in configs/recipes/ (a new file appears on the next code-location reload)."""
-    return StaticPartitionsDefinition(recipe_names())
+    """One partition per file in configs/recipes/ (a new file appears on the next code-location reload).
+
+    A file name Dagster refuses as a partition key (``...``, control characters) is left out instead of
+    failing the whole code location, data assets included; `dagster definitions validate` still names it
+    (a recipe name must be a valid partition key).
+    """
+    return StaticPartitionsDefinition([name for name in recipe_names() if _is_partition_key(name)])
+
+
+def _is_partition_key(name: str) -> bool:
+    try:
+        StaticPartitionsDefinition([name])
+    except DagsterInvalidDefinitionError:
+        return False
+    return True
