@@ -79,3 +79,9 @@ def test_quarantine_excerpt_of_a_long_row_is_cut_after_scrubbing():
     r = validate_drop("sft", "d.jsonl", json.dumps({"prompt": text, "completion": ""}).encode() + b"\n" + json.dumps(ROWS[0]).encode())
     raw = r.quarantine.iloc[0]["raw"]
     assert "kathy" not in raw and len(raw) < 400, raw
+
+
+def test_csv_field_over_128_kib_is_quarantined_as_too_long_not_a_crash():
+    data = b"prompt,completion\n" + b"x" * 200_000 + b",y\nq,a\n"
+    r = validate_drop("sft", "d.csv", data)
+    assert r.rows_kept == 1 and list(r.quarantine["reason"]) == ["too_long"] and "200,000 characters" in r.quarantine.iloc[0]["detail"]
