@@ -10,6 +10,7 @@ from llm_assets.recipes import parse_recipe
 from llm_assets.training.__main__ import run_stage
 from llm_assets.training.models import is_adapter, load_causal_lm, load_tokenizer
 from llm_assets.training.report import Reporter
+from llm_assets.training.spec import beside
 from llm_assets_tests.helpers import demo_datasets, write_recipe
 
 
@@ -54,9 +55,15 @@ def test_each_stage_trains_and_measures_against_its_parent(chain):
     tmp, _, m = chain
     assert m["cpt"]["steps"] == 4 and m["cpt"]["eval_loss"] < m["cpt"]["parent_eval_loss"]
     assert m["sft"]["steps"] == 6 and m["sft"]["eval_loss"] < m["sft"]["parent_eval_loss"]
-    assert 0 <= m["reward"]["reward_accuracy"] <= 1 and m["reward"]["steps"] == 4
+    # the demo's SFT and preference rows all fit the micro recipe's 64 tokens: nothing is cut or left out
+    assert m["sft"]["examples_fit"] == m["sft"]["train_examples"] and m["sft"]["too_long_examples"] == 0
+    r = m["reward"]
+    assert r["steps"] == 4 and r["eval_pairs"] == 16 and r["train_pairs_used"] == r["train_pairs"] and r["ties"] == 0
+    # the demo's chosen replies are the task's answers: 4 steps lift the head well above its untrained guess
+    assert r["reward_accuracy"] >= 0.6 > r["parent_reward_accuracy"] and r["reward_margin"] > 0
     for stage in ("cpt", "sft", "reward"):
-        assert (tmp / stage / "model.safetensors").exists() and json.loads((tmp / stage / "metrics.json").read_text())["steps"] > 0
+        assert (tmp / stage / "model.safetensors").exists() and json.loads(beside(tmp / stage, "metrics.json").read_text())["steps"] > 0
+        assert not (tmp / stage / "metrics.json").exists()  # a run record, not part of the model's content
     assert any("loss" in h for h in m["sft"]["log_history"])
 
 
@@ -68,7 +75,27 @@ def test_rlhf_algorithms(chain, datasets, algorithm):
     m = run_stage("rlhf", spec_for(tmp, "rlhf", recipe, datasets, inputs, out=tmp / f"rlhf-{algorithm}"), Reporter())
     assert m["steps"] == 2 and m["algorithm"] == algorithm
     assert {"mean_reward", "sft_mean_reward", "win_rate_vs_sft", "kl_to_sft", "exact_match"} <= set(m)
-    assert m["kl_to_sft"] >= 0
+    # the policy moved away from the SFT reference: KL is exactly 0 for an unchanged policy
+    assert m["kl_to_sft"] > 0
+    sft, policy = load_causal_lm(tmp / "sft").state_dict(), load_causal_lm(tmp / f"rlhf-{algorithm}").state_dict()
+    assert sft.keys() == policy.keys() and any(not torch.equal(sft[k], policy[k]) for k in sft)
+    if algorithm == "dpo":  # every demo pair fits 64 tokens whole
+        assert m["train_pairs_fit"] == m["train_prompts"] and m["train_pairs_left_out"] == m["train_pairs_truncated"] == 0
+
+
+def lora_parameters(model, r: int) -> int:
+    """LoRA's A (r x in) and B (out x r) on every linear layer but the output head ('all-linear')."""
+    return sum(r * (m.in_features + m.out_features) for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and not name.endswith("lm_head"))
+
+
+def test_sft_truncation_left_trains_on_prompts_cut_from_the_left(chain, datasets):
+    """max_length 16 is below the demo's median example: 'drop' would leave most rows out, 'left' keeps them."""
+    tmp, _, _ = chain
+    recipe = write_recipe(tmp / "recipes-left", data={"max_length": 16, "truncation": "left"}, sft={"max_steps": 2})
+    m = run_stage("sft", spec_for(tmp, "sft", recipe, datasets, {"model": str(tmp / "cpt")}, out=tmp / "sft-left"), Reporter())
+    assert m["steps"] == 2 and m["examples_truncated"] > m["train_examples"] / 3
+    assert m["examples_fit"] + m["examples_truncated"] + m["too_long_examples"] == m["train_examples"]
 
 
 @pytest.mark.parametrize("bits, layer, max_ratio", [(4, "Linear4bit", 0.15), (8, "Linear8bitLt", 0.30)])
@@ -92,7 +119,7 @@ def test_lora_and_qlora_sft_write_adapters(chain, datasets):
         out = tmp / f"sft-{method}"
         m = run_stage("sft", spec_for(tmp, "sft", recipe, datasets, {"model": str(tmp / "cpt")}, out=out), Reporter())
         assert is_adapter(out) and m["steps"] == 2
-        assert m["trainable_parameters"] < m.get("total_parameters", 10**9)
+        assert m["trainable_parameters"] == lora_parameters(load_causal_lm(tmp / "cpt"), r=4)
         merged = load_causal_lm(out)  # adapter applied to its recorded base and merged
         assert sum(p.numel() for p in merged.parameters()) > m["trainable_parameters"]
     # a reward model starts from the merged LoRA SFT model
