@@ -1,5 +1,6 @@
 """The code location: one Definitions object merging the domain modules."""
 
+import os
 
 from dagster import Definitions
 
@@ -10,12 +11,21 @@ from llm_assets.assets.reports import build_report_assets
 from llm_assets.automation import automation_sensor
 from llm_assets.jobs import build_jobs
 from llm_assets.partitions import recipe_partitions
+from llm_assets.recipes import load_all_recipes
 from llm_assets.resources import default_resources
 from llm_assets.sensors import build_recipe_sensor, landing_sensor
 
 
 def build_definitions() -> Definitions:
-    """Built from configs/recipes/ (or LLM_ASSETS_RECIPES_DIR) as it is now: one partition per recipe file."""
+    """Built from configs/recipes/ (or LLM_ASSETS_RECIPES_DIR) as it is now: one partition per recipe file.
+
+    `dagster definitions validate` (what CI runs) sets DAGSTER_IS_DEFS_VALIDATION_CLI: there every recipe
+    must load, so a broken one fails the command naming its file and key. Anywhere else (`dagster dev`)
+    a broken recipe must not take the data assets down with it: it stays a partition whose model
+    assets fail at run time with the same message.
+    """
+    if os.environ.get("DAGSTER_IS_DEFS_VALIDATION_CLI"):
+        load_all_recipes()
     recipes = recipe_partitions()
     model_assets = [build_recipe_asset(recipes), *build_model_assets(recipes), *build_report_assets(recipes)]
     return Definitions(
