@@ -12,4 +12,5 @@ def main() -> None:
         print(f"{name}: {estimate_memory(recipe).describe()}" + (f"; fits {limit:g} GB" if limit else ""))
 
 
-main()
+if __name__ == "__main__":
+    main()
