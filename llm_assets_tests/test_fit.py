@@ -17,7 +17,17 @@ from llm_assets.training.evaluate import pairwise_accuracy
 from llm_assets.training.fit import fit_report
 from llm_assets.training.models import load_reward_model
 from llm_assets.training.rlhf import PretokenizedDPOTrainer
-from llm_assets.training.tokens import FIT, LEFT_OUT, TRUNCATED, full_text, preference_tokens, sft_tokens, split_encode
+from llm_assets.training.tokens import (
+    FIT,
+    LEFT_OUT,
+    TRUNCATED,
+    full_text,
+    preference_tokens,
+    read_tokens,
+    sft_tokens,
+    split_encode,
+    write_tokens,
+)
 from llm_assets_tests.helpers import demo_datasets, write_recipe
 
 
@@ -63,6 +73,16 @@ def test_sft_never_cuts_a_reply(demo, truncation):
     else:  # every example whose reply leaves room for a prompt token is kept, with its prompt's last tokens
         assert counts[LEFT_OUT] == sum(len(reply) >= 16 for _, reply in whole)
         assert counts[TRUNCATED] == sum(len(p) + len(r) > 16 and len(r) < 16 for p, r in whole) > 0
+
+
+def test_a_cached_table_is_used_only_under_the_truncation_it_was_made_with(demo, tmp_path):
+    """A 'drop' table holds none of the rows 'left' would train on; the counts travel with the table."""
+    _, datasets, tok = demo
+    table, counts = sft_tokens(sft_rows(datasets), tok, "tokenizer", 16, "drop")
+    write_tokens(table, tmp_path)
+    assert read_tokens(tmp_path, "left") is None
+    tokens, cached = read_tokens(tmp_path, "drop")
+    assert cached == counts and len(tokens) == table.num_rows and tokens.column_names == ["input_ids", "completion_mask"]
 
 
 def test_fit_report_counts_what_the_stages_train_on(demo):

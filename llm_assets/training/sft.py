@@ -90,11 +90,13 @@ def tokenized(spec: StageSpec, rows, tok, recipe, reporter: Reporter) -> tuple[D
 
 
 def fit_summary(fit: dict[str, int], recipe) -> str:
-    """Why rows were truncated or left out, in the recipe's terms."""
-    cut = f"{fit['truncated']} with the prompt cut from the left, " if recipe.data.truncation == "left" else ""
-    why = "their reply alone fills it" if recipe.data.truncation == "left" else "data.truncation: drop"
-    return (f"{fit['fit']} fit whole in data.max_length ({recipe.data.max_length} tokens), {cut}"
-            f"{fit['left_out']} left out: {why}")
+    """What happened to the rows that do not fit, in the recipe's terms."""
+    d = recipe.data
+    if d.truncation == "left":
+        return (f"{fit['fit']} fit whole in data.max_length ({d.max_length} tokens), {fit['truncated']} with the prompt cut "
+                f"from the left, {fit['left_out']} left out: their reply alone fills it")
+    return (f"{fit['fit']} fit whole in data.max_length ({d.max_length} tokens), {fit['left_out']} longer ones left out "
+            "(data.truncation: left would keep them with the prompt cut from the left)")
 
 
 def fit_metrics(fit: dict[str, int]) -> dict[str, int]:
