@@ -126,7 +126,7 @@ def with_defects(rows: list[dict]) -> str:
     rows = [dict(r) for r in rows]
     rows[7]["completion"] = ""  # empty answer
     rows[19]["completion"] = "   "  # whitespace only
-    rows[23]["prompt"] = "Reply to ana.lopez@example.com first. " + rows[23]["prompt"]  # PII: scrubbed, kept
+    rows[23]["prompt"] = "Reply to ana.lopez@mailbox.org first. " + rows[23]["prompt"]  # PII: scrubbed, kept
     rows.insert(40, rows[30])  # exact duplicates
     rows.insert(60, rows[50])
     lines = _jsonl(rows).splitlines(keepends=True)

@@ -12,8 +12,7 @@ from dagster import AssetSelection, StaticPartitionsDefinition, define_asset_job
 
 from llm_assets.partitions import DROP_PARTITIONS
 from llm_assets.resources.landing import KINDS
-
-MODEL_ASSETS = ["base_model", "cpt_model", "sft_model", "reward_model", "rlhf_policy", "quantized_model"]
+from llm_assets.stages import MODEL_ASSETS
 
 data_jobs = {
     kind: define_asset_job(

@@ -20,6 +20,7 @@ from llm_assets.jobs import MODEL_ASSETS
 from llm_assets_tests.helpers import write_recipe
 
 MODELS = [*MODEL_ASSETS, "model_report"]
+DATA_VERSION = "dagster/data_version"  # the tag a materialization's data version is stored under
 DROPS = {"pretraining": "p1", "sft": "s1", "preference": "r1"}
 
 
@@ -34,20 +35,31 @@ class World:
         self.instance = DagsterInstance.get()
         self.cursor = None
         self.recipe_cursor = None
+        self.generation = {}
+        self.landed = set()
 
-    def land(self, kind, drop, checks_pass=True):
-        """What the landing sensor's run leaves behind: a new partition, raw + dataset materialized, blocking checks."""
+    def land(self, kind, drop, checks_pass=True, content=None):
+        """What the landing sensor's run leaves behind: a new partition, raw + dataset materialized, blocking checks.
+        Data versions are content hashes: the same ``content`` gives the same version."""
         self.instance.add_dynamic_partitions(f"{kind}_drops", [drop])
         for asset in (f"raw_{kind}_corpus", f"{kind}_dataset"):
-            self.instance.report_runless_asset_event(AssetMaterialization(asset, partition=drop))
+            self.instance.report_runless_asset_event(AssetMaterialization(
+                asset, partition=drop, tags={DATA_VERSION: f"{asset}:{content or drop}"}))
+        if (kind, drop) in self.landed:  # runless check evaluations are one per partition
+            return
+        self.landed.add((kind, drop))
         self.instance.report_runless_asset_event(AssetCheckEvaluation(
             asset_key=AssetKey(f"{kind}_dataset"), check_name="contract_holds", passed=checks_pass, partition=drop,
             blocking=True))
 
-    def trained(self, recipes=("a", "b")):
+    def trained(self, recipes=("a", "b"), assets=MODELS, same_versions=False):
+        """Models materialized; ``same_versions``: each reused its committed version (same data version as before)."""
         for recipe in recipes:
-            for asset in MODELS:
-                self.instance.report_runless_asset_event(AssetMaterialization(asset, partition=recipe))
+            for asset in assets:
+                if not same_versions:
+                    self.generation[(asset, recipe)] = self.generation.get((asset, recipe), 0) + 1
+                self.instance.report_runless_asset_event(AssetMaterialization(
+                    asset, partition=recipe, tags={DATA_VERSION: f"{asset}:{self.generation[(asset, recipe)]}"}))
 
     def observe_recipes(self):
         from llm_assets.sensors import build_recipe_sensor
@@ -105,6 +117,18 @@ def test_a_new_preference_drop_retrains_from_the_reward_model_down(world):
     assert world.tick() == models_of("a", "b", assets=stale)
 
 
+def test_rematerializing_an_unchanged_drop_starts_no_model_run(world):
+    world.land("sft", "s1")  # a manual Materialize of the same drop: same content, same data version
+    assert world.tick() == set()
+
+
+def test_a_model_that_reused_its_version_retrains_nothing_downstream(world):
+    world.trained(["a"], assets=["sft_model"], same_versions=True)
+    assert world.tick() == set()
+    world.trained(["a"], assets=["sft_model"])  # a new version: everything downstream of it, for that recipe only
+    assert world.tick() == models_of("a", assets=["reward_model", "rlhf_policy", "quantized_model", "model_report"])
+
+
 def test_a_drop_failing_its_blocking_check_propagates_nothing(world):
     world.land("sft", "bad", checks_pass=False)
     assert world.tick() == set()
@@ -122,7 +146,7 @@ def test_editing_one_recipe_retrains_only_that_partition(world):
 
 def test_a_code_version_bump_reruns_that_asset_and_its_downstream_only(world):
     def bump(spec):
-        return spec.replace_attributes(code_version="2") if spec.key == AssetKey("sft_model") else spec
+        return spec.replace_attributes(code_version="bumped") if spec.key == AssetKey("sft_model") else spec
 
     assets = [a.map_asset_specs(bump) if isinstance(a, AssetsDefinition) else a for a in world.defs.assets]
     bumped = Definitions(assets=assets, resources=world.defs.resources)

@@ -62,7 +62,9 @@ def test_whole_graph_on_the_micro_recipe(graph):
     store = default_resources()["store"].open()
     for stage in ("base", "cpt", "sft", "reward", "rlhf", "quantize"):
         art = store.get(f"models/{stage}/tiny")
-        assert (art.path / "config.json").exists() and art.manifest.metadata["recipe_hash"]
+        record = store.record(f"models/{stage}/tiny")
+        assert (art.path / "config.json").exists() and record["version"] == art.version and record["recipe_hash"]
+        assert not (art.path / "metrics.json").exists()  # run records live beside the artifact, not in its version
     # the training logs streamed into the Dagster run log through Pipes
     logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
     assert any("[sft] loss=" in m and "tokens_per_s=" in m for m in logs)

@@ -1,19 +1,25 @@
-"""Model assets, one partition per recipe: base -> cpt -> sft -> reward -> rlhf -> quantized.
+"""Model assets, one partition per recipe, generated from the stage table (``llm_assets.stages``):
+base -> cpt -> sft -> reward -> rlhf -> quantized, each gate a blocking asset check.
 
 Each body resolves its inputs from the store, launches one training stage through Pipes and
-commits the stage's directory; the logic lives in ``llm_assets.training``.
+commits the stage's directory; the logic lives in ``llm_assets.training``. A stage whose inputs,
+recipe fields and code are unchanged reuses its committed version without training.
 """
 
-import json
 import shutil
 import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dagster import (
     AllPartitionMapping,
+    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSpec,
+    AssetChecksDefinition,
     AssetDep,
     AssetExecutionContext,
     AssetsDefinition,
@@ -22,60 +28,91 @@ from dagster import (
     Failure,
     MaterializeResult,
     MetadataValue,
+    PreviewWarning,
     StaticPartitionsDefinition,
     asset,
+    multi_asset_check,
 )
 from pydantic import Field
 
 from llm_assets.assets.data import dataset_key
 from llm_assets.automation import on_change
+from llm_assets.data.selection import left_out_because, rows_digest
 from llm_assets.markdown import markdown_table
 from llm_assets.paths import default_data_dir
 from llm_assets.recipes import Recipe, RecipeError, load_recipe
 from llm_assets.resources.hub import HubClient, HubError, check_architecture
 from llm_assets.resources.launcher import TrainingLauncher
-from llm_assets.resources.store import ArtifactStore, Manifest, Store
+from llm_assets.resources.store import ArtifactStore, Store
+from llm_assets.stages import STAGES, Stage, gate_outcome
 from llm_assets.tokens_cache import TOKENS_FILE, cache_key, tokenizer_digest
 from llm_assets.training.spec import StageSpec
 
 CACHED_STAGES = ("sft",)
-
-DATA_KINDS = ("pretraining", "sft", "preference")
+FORCE_TAG = "llm_assets/force_retrain"
 
 
 class TrainingConfig(Config):
     eval_limit: int = Field(200, gt=0, description="Held-out rows each stage is measured on (generation is the slow part on a CPU).")
+    force_retrain: bool = Field(False, description=(
+        "Train again although inputs, recipe fields and code are unchanged (after a code fix, or to check that a "
+        f"seed reproduces), starting from no checkpoint. The run tag {FORCE_TAG}=true does the same for every stage of a run."))
 
 
 def model_key(stage: str, recipe: str) -> str:
     return f"models/{stage}/{recipe}"
 
 
-def recipe_of(context: AssetExecutionContext) -> Recipe:
+def recipe_of(context: AssetExecutionContext | AssetCheckExecutionContext) -> Recipe:
     try:
         return load_recipe(context.partition_key)
     except RecipeError as e:
         raise Failure(description=str(e)) from None
 
 
-def validated_datasets(context: AssetExecutionContext, store: Store, kind: str) -> tuple[list[str], dict[str, str]]:
-    """Every drop of ``kind`` whose dataset exists and passed its blocking checks; the rest are logged."""
-    paths, used = [], {}
-    for drop in sorted(context.instance.get_dynamic_partitions(f"{kind}_drops")):
-        key = dataset_key(kind, drop)
-        if store.latest_version(key) is None:
-            context.log.warning(f"{kind} drop {drop!r} left out: its dataset was never materialized")
-            continue
-        art = store.get(key)
-        if not art.manifest.metadata.get("checks_passed", False):
-            context.log.warning(f"{kind} drop {drop!r} left out: its dataset failed a blocking check")
-            continue
-        paths.append(str(art.file("dataset.parquet")))
-        used[drop] = art.version
-    if not paths:
-        raise Failure(description=f"no validated {kind} drop to train on: land a file in the {kind} landing folder and "
-                                  f"materialize {kind}_dataset (drops failing their checks are left out)")
-    return paths, used
+def forced(context: AssetExecutionContext, config: TrainingConfig) -> bool:
+    return config.force_retrain or context.run.tags.get(FORCE_TAG, "").strip().lower() in ("1", "true", "yes")
+
+
+@dataclass
+class TrainingData:
+    """The validated drops a recipe trains a stage on, and the identity of their de-duplicated rows."""
+
+    paths: dict[str, list[str]] = field(default_factory=dict)  # kind -> dataset.parquet of each drop used
+    digests: dict[str, str] = field(default_factory=dict)  # kind -> rows_digest of those drops
+    used: dict[str, str] = field(default_factory=dict)  # "kind/drop" -> dataset version
+    left_out: dict[str, str] = field(default_factory=dict)  # "kind/drop" -> why
+
+
+def training_data(context: AssetExecutionContext, st: Store, kinds: tuple[str, ...], recipe: Recipe) -> TrainingData:
+    """Every drop of ``kinds`` whose dataset passed its checks and whose reject rate this recipe accepts."""
+    out = TrainingData()
+    for kind in kinds:
+        paths = []
+        for drop in sorted(context.instance.get_dynamic_partitions(f"{kind}_drops")):
+            key = dataset_key(kind, drop)
+            if st.latest_version(key) is None:
+                out.left_out[f"{kind}/{drop}"] = "its dataset was never materialized"
+                continue
+            why = left_out_because(st.manifest(key).metadata, recipe.data.max_reject_rate)
+            if why:
+                out.left_out[f"{kind}/{drop}"] = why
+                continue
+            art = st.get(key)
+            paths.append(str(art.file("dataset.parquet")))
+            out.used[f"{kind}/{drop}"] = art.version
+        if not paths:
+            raise Failure(description=f"recipe '{recipe.name}': no usable {kind} drop to train on: land a file in the {kind} "
+                                      f"landing folder and materialize {kind}_dataset" + _left_out_line(out.left_out, kind))
+        out.paths[kind], out.digests[kind] = paths, rows_digest(paths)
+    for drop, why in out.left_out.items():
+        context.log.warning(f"{drop} left out for recipe '{recipe.name}': {why}")
+    return out
+
+
+def _left_out_line(left_out: dict[str, str], kind: str) -> str:
+    mine = [f"{d} ({why})" for d, why in left_out.items() if d.startswith(f"{kind}/")]
+    return f"; left out: {'; '.join(mine)}" if mine else ""
 
 
 def metadata_of(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -92,71 +129,83 @@ def metadata_of(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def train(context: AssetExecutionContext, recipe: Recipe, stage: str, store: ArtifactStore, launcher: TrainingLauncher, config: TrainingConfig,
-          inputs: dict[str, str], kinds: tuple[str, ...], extra_inputs: dict[str, str] | None = None) -> tuple[dict[str, Any], MaterializeResult]:
-    """Resolve inputs, launch ``stage``, commit its output. ``inputs``: role -> artifact key."""
+def train(context: AssetExecutionContext, recipe: Recipe, stage: Stage, store: ArtifactStore, launcher: TrainingLauncher,
+          config: TrainingConfig, extra_inputs: dict[str, str] | None = None) -> MaterializeResult:
+    """Resolve the stage's inputs from the table, reuse the version trained from the same identity, or launch and commit."""
     st = store.open()
-    artifacts = {role: st.get(key) for role, key in inputs.items()}
-    datasets, versions = {}, {}
-    for kind in kinds:
-        datasets[kind], used = validated_datasets(context, st, kind)
-        versions.update({f"{kind}/{d}": v for d, v in used.items()})
-    data_versions = dict(versions)
-    versions.update({role: a.version for role, a in artifacts.items()})
-    work = Path(tempfile.mkdtemp(prefix=f"{stage}-", dir=_ensure(default_data_dir() / "work")))
-    spec = StageSpec(stage=stage, recipe=recipe.model_dump(mode="json"), output_dir=str(work / "out"),
+    artifacts = {role: st.get(model_key(parent, recipe.name)) for role, parent in stage.inputs(recipe).items()}
+    data = training_data(context, st, stage.data_kinds(recipe), recipe)
+    inputs = {**{f"data/{k}": d for k, d in data.digests.items()}, **{role: a.version for role, a in artifacts.items()}}
+    code_version = context.assets_def.code_versions_by_key[context.asset_key] or ""
+    fingerprint = stage.fingerprint(recipe, inputs, code_version, {"eval_limit": config.eval_limit})
+    key = model_key(stage.name, recipe.name)
+    known = st.record(key, fingerprint)
+    if known is not None and st.has_version(key, known["version"]) and not forced(context, config):
+        return reuse(context, st, key, known)
+    checkpoints = launcher.checkpoints() / stage.name / recipe.name / fingerprint
+    if forced(context, config):
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        context.log.info(f"{key}: retraining as asked (force_retrain), from no checkpoint")
+    work = Path(tempfile.mkdtemp(prefix=f"{stage.name}-", dir=_ensure(default_data_dir() / "work")))
+    spec = StageSpec(stage=stage.name, recipe=recipe.model_dump(mode="json"), output_dir=str(work / "out"),
                      inputs={**{r: str(a.path) for r, a in artifacts.items()}, **(extra_inputs or {})},
-                     datasets=datasets, options={"eval_limit": config.eval_limit})
-    fingerprint = spec.fingerprint({**versions, "code_version": context.assets_def.code_versions_by_key[context.asset_key] or ""})
-    key = model_key(stage, recipe.name)
-    previous = st.manifest(key) if st.latest_version(key) is not None else None
-    if previous is not None and previous.metadata.get("fingerprint") == fingerprint:
-        return reuse(context, st, key, previous)
-    spec.checkpoint_dir = str(launcher.checkpoints() / stage / recipe.name / fingerprint)
+                     datasets=data.paths, checkpoint_dir=str(checkpoints), options={"eval_limit": config.eval_limit})
     cache = None
-    if stage in CACHED_STAGES:
-        cache = cache_key(stage, data_versions, tokenizer_digest(artifacts["model"].manifest.files),
-                          recipe.data.chat_template, recipe.data.max_length)
+    if stage.name in CACHED_STAGES:
+        cache = cache_key(stage.name, data.digests, tokenizer_digest(artifacts["model"].manifest.files),
+                          recipe.data.chat_template, recipe.data.max_length, recipe.data.truncation)
         if st.latest_version(cache) is not None:
             spec.inputs["tokens"] = str(st.get(cache).path)
         else:
             spec.options["tokens_out"] = str(work / "tokens")
     try:
         metrics = launcher.run(context, spec)
-        manifest = st.commit(key, work / "out", {"recipe_hash": recipe.recipe_hash, "inputs": versions, "stage": stage,
-                                                 "fingerprint": fingerprint})
+        manifest = st.commit(key, work / "out", {"stage": stage.name, "recipe": recipe.name})
     finally:
         if cache and (work / "tokens" / TOKENS_FILE).exists():  # kept even when training failed: it is valid
-            st.commit(cache, work / "tokens", {"stage": stage, "inputs": data_versions})
+            st.commit(cache, work / "tokens", {"stage": stage.name, "inputs": data.digests})
         shutil.rmtree(work, ignore_errors=True)
-    shutil.rmtree(spec.checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
-    result = stored_result(st, key, manifest, metrics, **({"tokens_cache": cache} if cache else {}))
-    return metrics, result
+    shutil.rmtree(checkpoints, ignore_errors=True)  # finished: nothing left to resume
+    record = {"version": manifest.version, "fingerprint": fingerprint, "stage": stage.name, "recipe_hash": recipe.recipe_hash,
+              "inputs": inputs, "drops_used": data.used, "drops_left_out": data.left_out, "metrics": metrics,
+              "run_id": context.run_id, "trained_at": time.time()}
+    st.put_record(key, fingerprint, record)
+    return stored_result(st, key, record, **({"tokens_cache": cache} if cache else {}))
 
 
-def reuse(context: AssetExecutionContext, st: Store, key: str, manifest: Manifest) -> tuple[dict[str, Any], MaterializeResult]:
-    """Same inputs, recipe and code as the committed version: that version again, without training."""
-    metrics = json.loads(st.read_file(key, "metrics.json", manifest.version) or b"{}")
-    context.log.info(f"{key}: inputs, recipe and code unchanged since version {manifest.version}; reusing it, nothing to train")
-    return metrics, stored_result(st, key, manifest, metrics, reused=True)
+def reuse(context: AssetExecutionContext, st: Store, key: str, record: dict[str, Any]) -> MaterializeResult:
+    """The version trained from this same identity before: made current again, without training."""
+    st.set_latest(key, record["version"])
+    st.put_record(key, record["fingerprint"], record)
+    context.log.info(f"{key}: inputs, recipe fields and code unchanged since version {record['version'][:12]} "
+                     f"(run {record.get('run_id', '?')}); reusing it, nothing to train")
+    return stored_result(st, key, record, reused=True)
 
 
-def stored_result(st: Store, key: str, manifest: Manifest, metrics: dict[str, Any], **extra: Any) -> MaterializeResult:
+def stored_result(st: Store, key: str, record: dict[str, Any], **extra: Any) -> MaterializeResult:
     """The materialization of a committed model version: its metrics, provenance and location."""
+    manifest = st.manifest(key, record["version"])
     return MaterializeResult(data_version=DataVersion(manifest.version), metadata={
-        **metadata_of(metrics), **extra, "recipe_hash": manifest.metadata.get("recipe_hash", ""),
-        "drops_used": MetadataValue.json(manifest.metadata.get("inputs", {})),
+        **metadata_of(record.get("metrics", {})), **extra, "recipe_hash": record.get("recipe_hash", ""),
+        "fingerprint": record["fingerprint"], "drops_used": MetadataValue.json(record.get("drops_used", {})),
+        "drops_left_out": MetadataValue.json(record.get("drops_left_out", {})),
         "artifact": f"{st.root}/{key}/versions/{manifest.version}", "artifact_bytes": manifest.total_bytes})
 
 
-def passthrough(context: AssetExecutionContext, recipe: Recipe, stage: str, source_stage: str, store: ArtifactStore, why: str) -> MaterializeResult:
+def passthrough(context: AssetExecutionContext, recipe: Recipe, stage: Stage, store: ArtifactStore) -> MaterializeResult:
     """A stage the recipe leaves out: its parent's files, committed unchanged (same content, same version)."""
     st = store.open()
-    parent = st.get(model_key(source_stage, recipe.name))
-    manifest = st.commit(model_key(stage, recipe.name), parent.path, {"recipe_hash": recipe.recipe_hash, "passthrough_of": source_stage})
-    context.log.info(f"{stage}: {why}; passing {source_stage} through unchanged")
+    source = stage.parent(recipe)
+    parent = st.get(model_key(source, recipe.name))
+    key = model_key(stage.name, recipe.name)
+    manifest = st.commit(key, parent.path, {"stage": stage.name, "recipe": recipe.name})
+    why = f"the recipe has no {stage.group} group"
+    st.put_record(key, f"passthrough-{manifest.version[:16]}", {
+        "version": manifest.version, "fingerprint": f"passthrough-{manifest.version[:16]}", "stage": stage.name,
+        "recipe_hash": recipe.recipe_hash, "passthrough_of": source, "why": why, "metrics": {}})
+    context.log.info(f"{stage.name}: {why}; passing {source} through unchanged")
     return MaterializeResult(data_version=DataVersion(manifest.version),
-                             metadata={"passthrough": True, "passthrough_of": source_stage, "why": why, "recipe_hash": recipe.recipe_hash})
+                             metadata={"passthrough": True, "passthrough_of": source, "why": why, "recipe_hash": recipe.recipe_hash})
 
 
 def _ensure(path: Path) -> Path:
@@ -165,89 +214,67 @@ def _ensure(path: Path) -> Path:
 
 
 def build_model_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDefinition]:
-    def data_deps(*kinds: str) -> list[AssetDep]:
-        return [AssetDep(f"{k}_dataset", partition_mapping=AllPartitionMapping()) for k in kinds]
-
+    """One asset per row of the stage table: deps, description and body all come from the row."""
     common = dict(partitions_def=partitions, group_name="models", pool="training", kinds={"pytorch", "huggingface"},
-                  automation_condition=on_change())
+                  automation_condition=on_change(), code_version="2")
 
-    @asset(**common, code_version="1", deps=["recipe", *data_deps(*DATA_KINDS)],
-           description="builtin:tiny built from the corpora (BPE tokenizer + fresh weights), or a hub snapshot at the pinned revision.")
-    def base_model(context: AssetExecutionContext, config: TrainingConfig, store: ArtifactStore, launcher: TrainingLauncher, hub: HubClient) -> MaterializeResult:
-        recipe = recipe_of(context)
-        extra = {}
-        if not recipe.model.base.startswith("builtin:"):
-            try:
-                snapshot = hub.snapshot(recipe.model.base, recipe.model.revision)
-                check_architecture(snapshot, recipe.model.architecture, recipe.model.base)
-            except HubError as e:
-                raise Failure(description=str(e)) from None
-            extra["snapshot"] = str(snapshot)
-        return train(context, recipe, "base", store, launcher, config, {}, DATA_KINDS, extra)[1]
+    def model_asset(stage: Stage) -> AssetsDefinition:
+        deps = ["recipe", *(STAGES[p].asset for p in stage.parents),
+                *(AssetDep(f"{k}_dataset", partition_mapping=AllPartitionMapping()) for k in stage.data)]
 
-    @asset(**common, code_version="1", deps=["recipe", "base_model", *data_deps("pretraining")],
-           description="Continued pre-training on every validated pre-training drop; the base model itself when the recipe has no cpt group.")
-    def cpt_model(context: AssetExecutionContext, config: TrainingConfig, store: ArtifactStore, launcher: TrainingLauncher) -> MaterializeResult:
-        recipe = recipe_of(context)
-        if recipe.cpt is None:
-            return passthrough(context, recipe, "cpt", "base", store, "the recipe has no cpt group")
-        return train(context, recipe, "cpt", store, launcher, config, {"model": model_key("base", recipe.name)}, ("pretraining",))[1]
+        @asset(name=stage.asset, deps=deps, description=stage.description, **common)
+        def model(context: AssetExecutionContext, config: TrainingConfig, store: ArtifactStore, launcher: TrainingLauncher,
+                  hub: HubClient) -> MaterializeResult:
+            recipe = recipe_of(context)
+            if not stage.active(recipe):
+                return passthrough(context, recipe, stage, store)
+            return train(context, recipe, stage, store, launcher, config, base_snapshot(recipe, hub) if stage.name == "base" else None)
 
-    @asset(**common, code_version="1", deps=["recipe", "cpt_model", *data_deps("sft")],
-           check_specs=[AssetCheckSpec("sft_beats_parent", asset="sft_model", blocking=True,
-                                       description="Held-out completion loss below the parent model's.")],
-           description="Supervised fine-tuning (full, LoRA or QLoRA per recipe), loss on completions only; resumes from its last checkpoint.")
-    def sft_model(context: AssetExecutionContext, config: TrainingConfig, store: ArtifactStore, launcher: TrainingLauncher) -> MaterializeResult:
-        recipe = recipe_of(context)
-        metrics, result = train(context, recipe, "sft", store, launcher, config, {"model": model_key("cpt", recipe.name)}, ("sft",))
-        return gate(result, "sft_beats_parent", metrics["eval_loss"] < metrics["parent_eval_loss"],
-                    {"eval_loss": metrics["eval_loss"], "parent_eval_loss": metrics["parent_eval_loss"]},
-                    "SFT did not lower the held-out loss: check the learning rate, steps and data")
+        return model
 
-    @asset(**common, code_version="1", deps=["recipe", "sft_model", *data_deps("preference")],
-           check_specs=[AssetCheckSpec("reward_accuracy_above_threshold", asset="reward_model", blocking=True,
-                                       description="Pairwise accuracy on held-out preference pairs at least reward.min_accuracy.")],
-           description="Pairwise reward model (sequence-classification head) on every validated preference drop.")
-    def reward_model(context: AssetExecutionContext, config: TrainingConfig, store: ArtifactStore, launcher: TrainingLauncher) -> MaterializeResult:
-        recipe = recipe_of(context)
-        if recipe.reward is None:
-            result = passthrough(context, recipe, "reward", "sft", store, "the recipe has no reward group (no reward model)")
-            return gate(result, "reward_accuracy_above_threshold", True, {"skipped": "the recipe trains no reward model"})
-        metrics, result = train(context, recipe, "reward", store, launcher, config, {"model": model_key(recipe.reward.base, recipe.name)}, ("preference",))
-        accuracy, threshold = metrics["reward_accuracy"], recipe.reward.min_accuracy
-        return gate(result, "reward_accuracy_above_threshold", accuracy >= threshold,
-                    {"reward_accuracy": accuracy, "threshold": threshold},
-                    f"accuracy {accuracy:.1%} is below reward.min_accuracy {threshold:.0%}")
-
-    @asset(**common, code_version="1", deps=["recipe", "sft_model", "reward_model", *data_deps("preference", "sft")],
-           description="RLOO / GRPO against the reward model with a KL penalty to SFT, or offline DPO; reward, win rate and KL reported.")
-    def rlhf_policy(context: AssetExecutionContext, config: TrainingConfig, store: ArtifactStore, launcher: TrainingLauncher) -> MaterializeResult:
-        recipe = recipe_of(context)
-        if recipe.rlhf is None:
-            return passthrough(context, recipe, "rlhf", "sft", store, "the recipe has no rlhf group")
-        inputs = {"model": model_key("sft", recipe.name)}
-        if recipe.reward is not None:
-            inputs["reward"] = model_key("reward", recipe.name)
-        return train(context, recipe, "rlhf", store, launcher, config, inputs, ("preference", "sft"))[1]
-
-    @asset(**common, code_version="1", deps=["recipe", "rlhf_policy", *data_deps("sft")],
-           check_specs=[AssetCheckSpec("eval_loss_delta_within_bound", asset="quantized_model", blocking=True,
-                                       description="Quantized eval loss minus unquantized at most quantization.max_eval_loss_delta.")],
-           description="Adapters merged, then bitsandbytes 4-bit NF4 (or 8-bit); size ratio and eval-loss delta reported.")
-    def quantized_model(context: AssetExecutionContext, config: TrainingConfig, store: ArtifactStore, launcher: TrainingLauncher) -> MaterializeResult:
-        recipe = recipe_of(context)
-        if recipe.quantization is None:
-            result = passthrough(context, recipe, "quantize", "rlhf", store, "the recipe has no quantization group")
-            return gate(result, "eval_loss_delta_within_bound", True, {"skipped": "the recipe does not quantize"})
-        metrics, result = train(context, recipe, "quantize", store, launcher, config, {"model": model_key("rlhf", recipe.name)}, ("sft",))
-        delta, bound = metrics["eval_loss_delta"], recipe.quantization.max_eval_loss_delta
-        return gate(result, "eval_loss_delta_within_bound", delta <= bound, {"eval_loss_delta": delta, "bound": bound},
-                    f"quantization costs {delta:.4f} eval loss, more than {bound}")
-
-    return [base_model, cpt_model, sft_model, reward_model, rlhf_policy, quantized_model]
+    return [model_asset(s) for s in STAGES.values()]
 
 
-def gate(result: MaterializeResult, check: str, passed: bool, metadata: dict[str, Any], failure: str = "") -> MaterializeResult:
-    """``result`` with the outcome of its blocking check (a failure stops everything downstream)."""
-    outcome = AssetCheckResult(check_name=check, passed=passed, metadata=metadata, description=None if passed else failure)
-    return MaterializeResult(data_version=result.data_version, metadata=result.metadata, check_results=[outcome])
+def base_snapshot(recipe: Recipe, hub: HubClient) -> dict[str, str]:
+    """A hub recipe's base: the snapshot at its pinned revision, checked against the recipe's architecture."""
+    if recipe.model.base.startswith("builtin:"):
+        return {}
+    try:
+        snapshot = hub.snapshot(recipe.model.base, recipe.model.revision)
+        check_architecture(snapshot, recipe.model.architecture, recipe.model.base)
+    except HubError as e:
+        raise Failure(description=str(e)) from None
+    return {"snapshot": str(snapshot)}
+
+
+def build_gate_checks(partitions: StaticPartitionsDefinition) -> list[AssetChecksDefinition]:
+    """Each stage's gate as a blocking check that reads the stored metrics: it runs with its asset, or alone from the
+    UI (a threshold edit needs no retraining). A stage the recipe leaves out reports no result: the check shows skipped."""
+
+    def gate_check(stage: Stage) -> AssetChecksDefinition:
+        gate = stage.gate
+        skipped_when = f" Skipped when the recipe has no {stage.group} group." if stage.group else ""
+        with warnings.catch_warnings():  # partitioned checks are a Dagster preview; they are what lets a gate re-run per recipe
+            warnings.simplefilter("ignore", PreviewWarning)
+            spec = AssetCheckSpec(gate.check, asset=stage.asset, blocking=True, partitions_def=partitions,
+                                  description=gate.description + skipped_when)
+
+        @multi_asset_check(specs=[spec], can_subset=True, name=f"{stage.asset}_gate")
+        def check(context: AssetCheckExecutionContext, store: ArtifactStore):
+            recipe = recipe_of(context)
+            if not stage.active(recipe):
+                context.log.info(f"{gate.check} skipped: recipe '{recipe.name}' has no {stage.group} group, so "
+                                 f"{stage.asset} passes its parent through and there is nothing to check")
+                return
+            record = store.open().record(model_key(stage.name, recipe.name))
+            if record is None:
+                raise Failure(description=f"{stage.asset} has no stored metrics for recipe '{recipe.name}': materialize it first")
+            passed, metadata, reason = gate_outcome(gate, recipe, record.get("metrics", {}))
+            if not passed:
+                context.log.error(f"{stage.asset} [{recipe.name}] {gate.check} failed: {reason}")
+            yield AssetCheckResult(check_name=gate.check, asset_key=stage.asset, passed=passed,
+                                   metadata={**metadata, "version": record["version"][:12]}, description=reason or None)
+
+        return check
+
+    return [gate_check(s) for s in STAGES.values() if s.gate]

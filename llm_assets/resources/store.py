@@ -5,6 +5,8 @@ Layout under the root (a local directory or ``s3://bucket/prefix``)::
     <key>/versions/<version>/...files...      the artifact
     <key>/versions/<version>/MANIFEST.json    file list with sha256; written last = the commit
     <key>/LATEST                              the version most recently committed for <key>
+    <key>/records/<name>.json                 run records (metrics, provenance); not part of any version
+    <key>/RECORD                              the name of the most recent record
 
 ``version`` is the sha256 of the sorted (path, sha256) list, so the same content always gets
 the same version, and it is what assets report as their data version. A version without its
@@ -34,6 +36,8 @@ from llm_assets.resources.objects import LocalObjects, Objects, open_objects
 
 MANIFEST = "MANIFEST.json"
 LATEST = "LATEST"
+RECORDS = "records"  # <key>/records/<name>.json: run records beside the versions, not part of any version
+CURRENT_RECORD = "RECORD"  # <key>/RECORD: the name of the record of the most recent materialization
 
 
 class ArtifactNotFound(LookupError):
@@ -152,6 +156,33 @@ class Store:
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / name).write_bytes(data)
             return self.commit(key, Path(tmp), metadata)
+
+    def put_record(self, key: str, name: str, record: dict[str, Any]) -> None:
+        """Keep a run record (metrics, provenance, timings) beside ``key``'s versions, outside their content hash:
+        two runs that produce the same files get the same version, whatever their logs said. The newest record
+        becomes ``key``'s current one."""
+        _check_key(f"{key}/{RECORDS}/{name}")
+        self.objects.write_bytes(f"{key}/{RECORDS}/{name}.json", json.dumps(record, indent=1, sort_keys=True, default=float).encode())
+        self.objects.write_bytes(f"{key}/{CURRENT_RECORD}", name.encode())
+
+    def record(self, key: str, name: str | None = None) -> dict[str, Any] | None:
+        """The record ``name`` of ``key`` (its current one when None), or None when there is none."""
+        _check_key(key)
+        if name is None:
+            if not self.objects.exists(f"{key}/{CURRENT_RECORD}"):
+                return None
+            name = self.objects.read_bytes(f"{key}/{CURRENT_RECORD}").decode().strip()
+        path = f"{key}/{RECORDS}/{name}.json"
+        return json.loads(self.objects.read_bytes(path)) if self.objects.exists(path) else None
+
+    def has_version(self, key: str, version: str) -> bool:
+        return self.objects.exists(f"{_check_key(key)}/versions/{version}/{MANIFEST}")
+
+    def set_latest(self, key: str, version: str) -> None:
+        """Point ``key`` at an already committed version (a reused result)."""
+        if not self.has_version(key, version):
+            raise ArtifactNotFound(f"version {version} of {key!r} was never committed (no {MANIFEST})")
+        self.objects.write_bytes(f"{key}/{LATEST}", version.encode())
 
     def latest_version(self, key: str) -> str | None:
         _check_key(key)

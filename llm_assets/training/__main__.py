@@ -14,7 +14,6 @@ import os
 import sys
 import traceback
 import warnings
-from pathlib import Path
 
 from llm_assets.training.report import Reporter
 from llm_assets.training.spec import STAGES, StageSpec
@@ -25,18 +24,12 @@ def run_stage(stage: str, spec: StageSpec, reporter: Reporter) -> dict:
     return module.run(spec, reporter)
 
 
-def error_path(spec: StageSpec) -> Path:
-    """Where a failing stage leaves its error for the orchestrator to show."""
-    out = Path(spec.output_dir)
-    return out.parent / f"{out.name}.error.json"
-
-
 def _run_reporting_errors(stage: str, spec: StageSpec, reporter: Reporter) -> dict:
     try:
         return run_stage(stage, spec, reporter)
     except BaseException as e:
         if int(os.environ.get("RANK", "0")) == 0:
-            error_path(spec).write_text(json.dumps({"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}))
+            spec.error_path.write_text(json.dumps({"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}))
         raise
 
 

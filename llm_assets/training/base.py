@@ -53,7 +53,7 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
         raise ValueError("builtin:tiny trains its tokenizer on the datasets, but no validated drop was given")
     reporter.log(f"[base] training a {recipe.model.architecture.vocab_size}-token BPE tokenizer on {len(texts)} texts")
     info = build_tiny(texts, recipe.model.architecture, max_positions=max(2 * recipe.data.max_length, 512),
-                      seed=recipe.sft.seed, output_dir=Path(spec.output_dir))
+                      seed=recipe.model.seed, output_dir=Path(spec.output_dir))
     tok = load_tokenizer(spec.output_dir)
     reporter.log(f"[base] built builtin:tiny with {info['parameters']:,} parameters, vocabulary {info['vocab_size']}")
     return _saved(spec, {**info, "tokenizer_texts": len(texts), "eos_token": tok.eos_token, "pad_token": tok.pad_token,

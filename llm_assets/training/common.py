@@ -15,7 +15,7 @@ from llm_assets.paths import project_root
 from llm_assets.recipes import Recipe, TrainGroup
 from llm_assets.training.hardware import Hardware, choose
 from llm_assets.training.packing import score_trainable_positions_only
-from llm_assets.training.spec import StageSpec
+from llm_assets.training.spec import StageSpec, beside
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # A checkpoint is complete when the Trainer wrote all of these (trainer_state.json is written last).
@@ -151,7 +151,8 @@ def save_trained(trainer, tokenizer, output_dir: str | Path, merge_adapter: bool
 
 
 def write_metrics(output_dir: str | Path, metrics: dict[str, Any]) -> None:
-    (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+    """Beside the output, not in it: two trainings that produce the same weights get the same version."""
+    beside(output_dir, "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
 
 
 def copy_model_dir(src: str | Path, dst: str | Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,11 +12,11 @@ from llm_assets.recipes import Recipe
 STAGES = ("base", "cpt", "sft", "reward", "rlhf", "quantize", "evaluate")
 
 
-COMMON_GROUPS = ("name", "data", "model", "lora", "distributed")
-STAGE_GROUPS = {
-    "base": COMMON_GROUPS, "cpt": (*COMMON_GROUPS, "cpt"), "sft": (*COMMON_GROUPS, "sft", "quantization"),
-    "reward": (*COMMON_GROUPS, "reward"), "rlhf": (*COMMON_GROUPS, "rlhf", "reward"), "quantize": (*COMMON_GROUPS, "quantization"),
-}
+def beside(output_dir: str | Path, suffix: str) -> Path:
+    """A file next to a stage's output directory: metrics and errors are records of the run, never part of
+    the output, whose files alone decide its version."""
+    out = Path(output_dir)
+    return out.parent / f"{out.name}.{suffix}"
 
 
 @dataclass
@@ -45,10 +44,11 @@ class StageSpec:
     def load(cls, path: Path) -> "StageSpec":
         return cls(**json.loads(Path(path).read_text()))
 
-    def fingerprint(self, input_versions: dict[str, str]) -> str:
-        """Identity of a training run: same inputs and the same recipe groups this stage reads, same result
-        (so the run resumes from its checkpoints, or is not run again). Other stages' groups do not count:
-        an SFT learning-rate edit does not retrain CPT."""
-        recipe = {k: v for k, v in self.recipe.items() if k in STAGE_GROUPS.get(self.stage, self.recipe)}
-        body = {"stage": self.stage, "recipe": recipe, "inputs": input_versions, "options": self.options}
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+    @property
+    def metrics_path(self) -> Path:
+        return beside(self.output_dir, "metrics.json")
+
+    @property
+    def error_path(self) -> Path:
+        """Where a failing stage leaves its error for the orchestrator to show."""
+        return beside(self.output_dir, "error.json")
