@@ -10,19 +10,30 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from dagster import AssetExecutionContext, ConfigurableResource, Failure, MetadataValue, PipesSubprocessClient
-from dagster._core.errors import DagsterPipesExecutionError
+from dagster import (
+    AssetExecutionContext,
+    ConfigurableResource,
+    Failure,
+    MetadataValue,
+    PipesClientCompletedInvocation,
+    PipesTempFileContextInjector,
+    PipesTempFileMessageReader,
+    open_pipes_session,
+)
 from pydantic import Field
 
 from llm_assets.paths import default_data_dir, project_root
 from llm_assets.training.spec import StageSpec
+
+
+CHILD_STOP_SECONDS = 20  # how long an interrupted child may take to stop before it is killed (Dagster's default)
 
 
 class TrainingLauncher(ConfigurableResource):
@@ -52,17 +63,38 @@ class TrainingLauncher(ConfigurableResource):
                "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda"), **self.extra_env}
         command = self.command(spec, spec_path)
         context.log.info(f"launching {' '.join(command)}")
-        try:
-            invocation = PipesSubprocessClient(cwd=str(project_root()), env=env).run(context=context, command=command)
-        except DagsterPipesExecutionError as e:
-            raise child_failure(spec, str(e)) from None
+        returncode, invocation = run_pipes_process(context, command, env)
+        if returncode != 0:
+            raise child_failure(spec, returncode)
         results = [m["metrics"] for m in invocation.get_custom_messages() if isinstance(m, dict) and "metrics" in m]
         if not results:
             raise Failure(description=f"the {spec.stage} process exited without reporting its metrics; see its log above")
         return results[-1]
 
 
-def child_failure(spec: StageSpec, pipes_message: str) -> Failure:
+def run_pipes_process(context: AssetExecutionContext, command: list[str], env: dict[str, str]) -> tuple[int, PipesClientCompletedInvocation]:
+    """``PipesSubprocessClient.run`` that hands back the exit status instead of raising on a non-zero one.
+
+    Its error, DagsterPipesExecutionError, is not exported by Dagster 1.13 (only ``dagster._core.errors``
+    has it), and its message is the only place the status was; this uses the public session API instead.
+    An interrupted run (terminated from the UI) sends the child SIGINT first, as that client does.
+    """
+    with open_pipes_session(context=context, context_injector=PipesTempFileContextInjector(),
+                            message_reader=PipesTempFileMessageReader()) as session:
+        process = subprocess.Popen(command, cwd=str(project_root()), env={**os.environ, **env, **session.get_bootstrap_env_vars()})
+        try:
+            returncode = process.wait()
+        except BaseException:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=CHILD_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            raise
+    return returncode, PipesClientCompletedInvocation(session)
+
+
+def child_failure(spec: StageSpec, returncode: int) -> Failure:
     """The child's own error (left by ``llm_assets.training``), or how it died when it could not say."""
     from llm_assets.training.__main__ import error_path
 
@@ -71,11 +103,10 @@ def child_failure(spec: StageSpec, pipes_message: str) -> Failure:
         err = json.loads(path.read_text())
         return Failure(description=f"the {spec.stage} stage failed: {err['error']}",
                        metadata={"traceback": MetadataValue.md(f"```\n{err['traceback'][-6000:]}\n```")})
-    code = re.search(r"code (-?\d+)", pipes_message)
-    if code and int(code.group(1)) < 0:
-        sig = signal.Signals(-int(code.group(1))).name
+    if returncode < 0:
+        sig = signal.Signals(-returncode).name
         return Failure(description=f"the {spec.stage} process was killed by {sig}; materialize again to resume from its last checkpoint")
-    return Failure(description=f"the {spec.stage} process failed without reporting an error ({pipes_message}); see its output above")
+    return Failure(description=f"the {spec.stage} process failed without reporting an error (exit status {returncode}); see its output above")
 
 
 def _has_cuda() -> bool:
