@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from dagster import (
 from pydantic import Field
 
 from llm_assets.paths import default_data_dir, project_root
+from llm_assets.training.hardware import training_thread_env
 from llm_assets.training.spec import StageSpec
 
 
@@ -45,9 +47,9 @@ class TrainingLauncher(ConfigurableResource):
         return Path(self.checkpoint_root) if self.checkpoint_root else default_data_dir() / "checkpoints"
 
     def command(self, spec: StageSpec, spec_path: Path) -> list[str]:
-        processes = spec.parsed_recipe.distributed.processes
+        processes = launched_processes(spec)
         entry = ["-m", "llm_assets.training", spec.stage, "--spec", str(spec_path)]
-        if processes > 1 and spec.stage in ("cpt", "sft", "reward", "rlhf"):
+        if processes > 1:
             torchrun = Path(self.python).with_name("torchrun")
             launcher = [str(torchrun)] if torchrun.exists() else [self.python, "-m", "torch.distributed.run"]
             return [*launcher, "--standalone", f"--nproc-per-node={processes}", *entry]
@@ -59,8 +61,7 @@ class TrainingLauncher(ConfigurableResource):
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         spec_path = spec.save(out.parent / f"{out.name}.spec.json")
-        env = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_TELEMETRY": "1",
-               "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda"), **self.extra_env}
+        env = child_env(self.extra_env, launched_processes(spec))
         command = self.command(spec, spec_path)
         context.log.info(f"launching {' '.join(command)}")
         returncode, invocation = run_pipes_process(context, command, env)
@@ -70,6 +71,24 @@ class TrainingLauncher(ConfigurableResource):
         if not results:
             raise Failure(description=f"the {spec.stage} process exited without reporting its metrics; see its log above")
         return results[-1]
+
+
+def launched_processes(spec: StageSpec) -> int:
+    """How many training processes the stage runs as: the recipe's ``distributed.processes`` for a training stage, else one."""
+    return spec.parsed_recipe.distributed.processes if spec.stage in ("cpt", "sft", "reward", "rlhf") else 1
+
+
+def child_env(extra_env: Mapping[str, str], processes: int) -> dict[str, str]:
+    """What the training process gets on top of this process's environment (merged over ``os.environ``).
+
+    Its threading (``training_thread_env``: passive OpenMP waits, the cores shared among ``processes``) keeps
+    training fast beside the webserver, daemon and other runs. It must be in the environment because OpenMP reads it
+    when torch is imported. To override, set ``OMP_WAIT_POLICY`` / ``OMP_NUM_THREADS`` in the environment that
+    starts Dagster, or in ``TrainingLauncher.extra_env`` (which wins over everything here).
+    """
+    return {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_TELEMETRY": "1",
+            "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda"),
+            **training_thread_env(processes), **extra_env}
 
 
 def run_pipes_process(context: AssetExecutionContext, command: list[str], env: dict[str, str]) -> tuple[int, PipesClientCompletedInvocation]:

@@ -4,12 +4,16 @@ On a CPU, gradient checkpointing only costs time (recompute) for memory a small 
 need, and bf16 pays only where the CPU multiplies bf16 natively (AVX512-BF16 or AMX): there
 bf16 autocast over fp32 weights made a 7 M parameter SFT step 1.47x faster on this project's
 2-core machine; without it bf16 is emulated and slower than fp32. A recipe can override each.
+
+Threading is chosen here too, for the training child process (``training_thread_env``), because
+the CPU is shared: under ``dagster dev`` the webserver, daemon, code server and other runs use it.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -33,11 +37,36 @@ class Hardware:
         return getattr(torch, self.dtype)
 
 
-def cpu_threads() -> int:
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity mask, which containers and taskset narrow), not the host's."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def cpu_threads() -> int:
+    """Intra-op threads: ``OMP_NUM_THREADS`` when set (the launcher sets it per process; a user may override it), else every core."""
+    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(value) if value.isdigit() and int(value) > 0 else cpu_cores()
+
+
+def training_thread_env(processes: int = 1, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Threading settings for a training child process; OpenMP reads them once, when torch is imported, so only its
+    environment can carry them.
+
+    ``OMP_WAIT_POLICY=PASSIVE``: a thread that reaches a barrier sleeps instead of spinning. With the default
+    spin-wait, one busy process beside a 2-thread demo SFT cut it from ~6,900 to ~300 tokens/s here (the waiting
+    thread burns the core its partner needs); passive waiting kept over 40% of the idle rate and cost nothing idle
+    (``python -m benchmarks.run --parts contention``). LLVM/Intel OpenMP maps PASSIVE to ``KMP_BLOCKTIME=0``,
+    GNU OpenMP (PyPI torch) to no spinning, so one variable covers both.
+    ``OMP_NUM_THREADS``: every core of this process's affinity, shared among torchrun's ``processes`` (one thread
+    fewer than the cores was slower beside a busy process too: passive threads yield the core they cannot use).
+    No ``OMP_PROC_BIND``: a thread pinned to the core a busy process holds could not move to a free one.
+    A key already in ``environ`` (the user's own setting) is left as the user set it.
+    """
+    chosen = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(max(1, cpu_cores() // max(1, processes)))}
+    return {k: v for k, v in chosen.items() if k not in environ}
 
 
 def cpu_has_native_bf16() -> bool:
