@@ -1,4 +1,4 @@
-"""``make bench``: SFT throughput side by side with TRL, re-run cost, quantization and memory.
+"""``make bench``: SFT throughput side by side with TRL, SFT beside a busy process, re-run cost, quantization and memory.
 
 Prints one table per part and writes benchmarks/results.json. Each training configuration runs
 in its own process. ``--quick`` shrinks everything (a smoke run, not figures to quote).
@@ -74,11 +74,12 @@ def build_workdir(work: Path, rows: list[dict], arch: dict, max_length: int) -> 
     return build_tiny(texts, ArchitectureGroup(**arch), max_length, seed=0, output_dir=work / "model")
 
 
-def run_config(config: str, work: Path, steps: int, extra: list[str]) -> dict:
+def run_config(config: str, work: Path, steps: int, extra: list[str], env: dict[str, str] | None = None) -> dict:
+    """One configuration of benchmarks.sft_throughput in its own process (``env``: its whole environment, default ours)."""
     out = work / f"{config}.json"
     cmd = [sys.executable, "-m", "benchmarks.sft_throughput", config, "--workdir", str(work), "--steps", str(steps), "--out", str(out), *extra]
     t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{config} failed:\n{proc.stderr[-3000:]}")
     return {**json.loads(out.read_text()), "wall_s": time.perf_counter() - t}
@@ -120,7 +121,7 @@ def throughput(args, work: Path) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--parts", default="throughput,rerun,quantization")
+    p.add_argument("--parts", default="throughput,contention,rerun,quantization")
     args = p.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars of every load, here and in the child processes
     args.threads = min(2, os.cpu_count() or 1)
@@ -134,6 +135,10 @@ def main() -> int:
     t0 = time.time()
     if "throughput" in parts:
         out["throughput"] = throughput(args, work / "throughput")
+    if "contention" in parts:
+        from benchmarks.contention import contention
+
+        out["contention"] = contention(work / "contention", quick=args.quick)
     if "rerun" in parts:
         from benchmarks.rerun_cost import rerun_cost
 

@@ -89,11 +89,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="0: the count the training process chooses (hardware.cpu_threads)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
 
-    torch.set_num_threads(a.threads)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     work = Path(a.workdir)
     rows = json.loads((work / "rows.json").read_text())
     model_dir = str(work / "model")
@@ -103,7 +104,8 @@ def main() -> None:
         trainer = our_trainer(model_dir, rows, a.max_length, a.batch, a.steps, out)
     else:
         trainer = trl_trainer(a.config, model_dir, rows, a.max_length, a.batch, a.steps, out)
-    torch.set_num_threads(a.threads)  # hardware_for sets all cores; the benchmark fixes the same count for all
+    if a.threads:  # hardware_for sets its own count; the throughput part fixes the same count for all
+        torch.set_num_threads(a.threads)
     counter = Counting(trainer.data_collator)
     trainer.data_collator = counter
     clock = Clock(counter)
@@ -119,7 +121,7 @@ def main() -> None:
         "time_to_first_step_s": t1 - t0,
         "trainable_tokens_per_s": (trn - tr1) / (tn - t1), "real_tokens_per_s": (ren - re1) / (tn - t1),
         "trainable_tokens": trn, "padding_waste": 1 - ren / sln, "steady_seconds": tn - t1,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "threads": torch.get_num_threads(),
     }
     Path(a.out).write_text(json.dumps(result, indent=1))
 

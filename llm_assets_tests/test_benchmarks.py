@@ -1,8 +1,13 @@
 """The benchmark harness measures what it says: each configuration in its own process, the same
 number of optimizer steps, real tokens counted from the examples (packed batches have no mask)."""
 
+import os
+import time
+from pathlib import Path
+
 import pytest
 
+from benchmarks.contention import busy_process, measure, settings
 from benchmarks.run import build_workdir, run_config, sft_rows
 
 ARCH = dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, vocab_size=512)
@@ -25,3 +30,21 @@ def test_ours_packs_and_trl_unpacked_pads_over_the_same_steps(work):
     assert ours["trainable_tokens"] > trl["trainable_tokens"] > 0  # a packed batch holds more examples
     assert ours["trainable_tokens_per_s"] > 0 and ours["real_tokens_per_s"] > ours["trainable_tokens_per_s"]
     assert not trl["bf16_autocast"] and not trl["gradient_checkpointing"]
+
+
+def test_contention_compares_spin_waiting_with_the_launchers_threading_beside_a_killed_busy_process(work, monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's shell: the benchmark compares fixed settings regardless
+    envs = settings(cores=2, quick=False)
+    assert "OMP_WAIT_POLICY" not in envs["before"] and "OMP_NUM_THREADS" not in envs["before"]
+    assert envs["chosen"]["OMP_WAIT_POLICY"] == "PASSIVE" and envs["chosen, 1 thread"]["OMP_NUM_THREADS"] == "1"
+    assert list(settings(cores=2, quick=True)) == ["before", "chosen"]
+    chosen = measure(work, 2, ["--batch", "4", "--max-length", "128", "--threads", "0"], envs["chosen"], "busy")
+    assert chosen["threads"] == len(os.sched_getaffinity(0)) and chosen["tokens_per_s"] > 0  # the training code's own count
+
+
+def test_busy_process_burns_a_core_and_is_gone_after_the_block():
+    with busy_process() as busy:
+        time.sleep(1.0)
+        stat = Path(f"/proc/{busy.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        assert busy.poll() is None and (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK") > 0.1  # utime + stime
+    assert busy.returncode is not None and not Path(f"/proc/{busy.pid}").exists()
