@@ -5,7 +5,7 @@ import os
 from dagster import Definitions
 
 from llm_assets.assets.data import data_assets
-from llm_assets.assets.models import build_gate_checks, build_model_assets
+from llm_assets.assets.models import build_fit_check, build_gate_checks, build_model_assets
 from llm_assets.assets.recipes import build_recipe_asset
 from llm_assets.assets.reports import build_report_assets
 from llm_assets.automation import automation_sensor
@@ -30,7 +30,7 @@ def build_definitions() -> Definitions:
     model_assets = [build_recipe_asset(recipes), *build_model_assets(recipes), *build_report_assets(recipes)]
     return Definitions(
         assets=[*data_assets, *model_assets],
-        asset_checks=build_gate_checks(recipes),
+        asset_checks=[*build_gate_checks(recipes), build_fit_check(recipes)],
         jobs=build_jobs(recipes),
         sensors=[landing_sensor, build_recipe_sensor(recipes), automation_sensor],
         resources=default_resources(),

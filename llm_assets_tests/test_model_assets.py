@@ -1,5 +1,6 @@
 """The model half of the graph through Dagster: Pipes subprocesses, the store, checks, resume."""
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -40,9 +41,10 @@ def materialize_recipe(defs, instance, recipe="tiny", selection=None):
 
 
 def meta(instance, asset, partition="tiny"):
-    ev = instance.get_latest_materialization_event(AssetKey(asset))
-    assert ev.asset_materialization.partition == partition
-    return {k: v.value for k, v in ev.asset_materialization.metadata.items()}
+    from dagster import AssetRecordsFilter
+
+    [record] = instance.fetch_materializations(AssetRecordsFilter(AssetKey(asset), asset_partitions=[partition]), limit=1).records
+    return {k: v.value for k, v in record.asset_materialization.metadata.items()}
 
 
 def test_whole_graph_on_the_micro_recipe(graph):
@@ -175,3 +177,111 @@ def test_tokenization_cache_hits_on_a_learning_rate_change_and_misses_on_a_one_b
     assert changed["tokenization"] == "computed" and changed["tokens_cache"] != first["tokens_cache"]
     store = default_resources()["store"].open()
     assert store.latest_version(first["tokens_cache"]) and store.latest_version(changed["tokens_cache"])
+
+
+def run_check(defs, instance, asset, check, recipe="tiny"):
+    """One gate alone, as the UI's 'Execute' on a check does: reads the stored metrics, trains nothing."""
+    from dagster import AssetCheckKey
+
+    job = defs.resolve_job_def("full_pipeline_job").get_subset(
+        asset_selection=set(), asset_check_selection={AssetCheckKey(AssetKey(asset), check)})
+    result = job.execute_in_process(partition_key=recipe, instance=instance, raise_on_error=False)
+    return result, [c for c in result.get_asset_check_evaluations() if c.check_name == check]
+
+
+def test_a_gate_threshold_edit_reruns_the_check_and_trains_nothing(graph):
+    defs, instance, recipes = graph
+    stages = ["base_model", "cpt_model", "sft_model", "reward_model"]
+    first = materialize_recipe(defs, instance, selection=stages)
+    assert first.success
+    trained = meta(instance, "reward_model")
+    write_recipe(recipes, reward={"min_accuracy": 1.0})
+    from llm_assets.definitions import build_definitions
+
+    defs = build_definitions()
+    result, [evaluation] = run_check(defs, instance, "reward_model", "reward_accuracy_above_threshold")
+    assert not evaluation.passed and "reward.min_accuracy" in evaluation.description  # one line that names the key
+    assert evaluation.metadata["reward.min_accuracy"].value == 1.0
+    assert evaluation.metadata["reward_accuracy"].value == pytest.approx(trained["reward_accuracy"], abs=1e-6)
+    again = materialize_recipe(defs, instance, selection=stages)  # the blocking gate fails; nothing is retrained
+    assert not again.success
+    for asset in stages:
+        assert meta(instance, asset)["reused"] is True, asset
+    assert not any("[reward] loss=" in (e.message or "") for e in instance.all_logs(again.run_id))
+    write_recipe(recipes, reward={"min_accuracy": 0.0})
+    _, [evaluation] = run_check(build_definitions(), instance, "reward_model", "reward_accuracy_above_threshold")
+    assert evaluation.passed
+
+
+def test_forced_retrain_with_the_same_seed_gives_the_same_version(graph):
+    defs, instance, _ = graph
+    assert materialize_recipe(defs, instance, selection=["base_model", "cpt_model", "sft_model"]).success
+    before = meta(instance, "sft_model")
+    job = defs.resolve_job_def("full_pipeline_job").get_subset(asset_selection={AssetKey("sft_model")})
+    forced = job.execute_in_process(partition_key="tiny", instance=instance, tags={"llm_assets/force_retrain": "true"})
+    after = meta(instance, "sft_model")
+    assert forced.success and "reused" not in after and after["resumed_from"] == ""
+    assert any("[sft] loss=" in (e.message or "") for e in instance.all_logs(forced.run_id))  # it really trained again
+    st = default_resources()["store"].open()
+    a, b = (st.manifest("models/sft/tiny", x["artifact"].rsplit("/", 1)[1]) for x in (before, after))
+    fa, fb = ({f["path"]: f["sha256"] for f in m.files} for m in (a, b))
+    differ = sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
+    assert after["artifact"] == before["artifact"], differ  # same files, same version: downstream has nothing new to do
+    store = default_resources()["store"].open()
+    assert store.record("models/sft/tiny")["run_id"] == forced.run_id
+
+
+def test_a_drop_of_rows_already_trained_on_retrains_nothing(graph, project_env):
+    defs, instance, _ = graph
+    assert materialize_recipe(defs, instance, selection=["base_model", "cpt_model", "sft_model"]).success
+    first = meta(instance, "sft_model")
+    landing = project_env / "data" / "landing" / "sft"
+    lines = next(landing.glob("demo_word_tasks*.jsonl")).read_text().splitlines()
+    (landing / "repeat.jsonl").write_text("\n".join(reversed(lines[:40])) + "\n")  # other order, every row seen before
+    drops = register_drops(instance, default_resources()["landing"].open())
+    from llm_assets.definitions import build_definitions
+
+    defs = build_definitions()
+    assert defs.resolve_job_def("sft_data_prep_job").execute_in_process(partition_key=drops["sft"][-1], instance=instance).success
+    assert materialize_recipe(defs, instance, selection=["sft_model"]).success
+    again = meta(instance, "sft_model")
+    assert again["reused"] is True and again["artifact"] == first["artifact"]
+    assert "sft/repeat.jsonl" in again["drops_used"]
+
+
+def test_each_recipe_decides_which_drops_it_trains_on(graph, project_env):
+    defs, instance, recipes = graph
+    rows = [{"prompt": f"Say {w}.", "completion": "" if i % 10 == 0 else w} for i, w in enumerate(["alpha", "beta", "gamma", "delta",
+            "epsilon", "zeta", "eta", "theta", "iota", "kappa"] * 2)]
+    (project_env / "data" / "landing" / "sft" / "tenth_bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    drops = register_drops(instance, default_resources()["landing"].open())
+    write_recipe(recipes, "tolerant", data={"max_reject_rate": 0.2})
+    from llm_assets.definitions import build_definitions
+
+    defs = build_definitions()
+    assert defs.resolve_job_def("sft_data_prep_job").execute_in_process(partition_key="tenth_bad.jsonl", instance=instance).success
+    assert "tenth_bad.jsonl" in drops["sft"]
+    for recipe in ("tiny", "tolerant"):
+        assert materialize_recipe(defs, instance, recipe, ["base_model", "cpt_model", "sft_model"]).success
+    strict, tolerant = meta(instance, "sft_model"), meta(instance, "sft_model", "tolerant")
+    assert "tenth_bad.jsonl" in str(strict["drops_left_out"]) and "data.max_reject_rate 5.0%" in str(strict["drops_left_out"])
+    assert "sft/tenth_bad.jsonl" in tolerant["drops_used"] and "tenth_bad" not in str(tolerant["drops_left_out"])
+
+
+def test_a_stage_the_recipe_leaves_out_shows_its_gate_skipped(graph):
+    defs, instance, recipes = graph
+    write_recipe(recipes, "noreward", reward=None, rlhf={"algorithm": "dpo"})
+    from llm_assets.definitions import build_definitions
+
+    defs = build_definitions()
+    result = materialize_recipe(defs, instance, "noreward", ["base_model", "cpt_model", "sft_model", "reward_model"])
+    assert result.success
+    gates = {c.check_name for c in result.get_asset_check_evaluations()}
+    assert "sft_beats_parent" in gates and "reward_accuracy_above_threshold" not in gates  # planned, not evaluated
+    from dagster import AssetCheckKey
+
+    key = AssetCheckKey(AssetKey("reward_model"), "reward_accuracy_above_threshold")
+    record = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
+    # planned in a run that succeeded, with no evaluation: what the UI shows as Skipped (not Passed)
+    assert record.run_id == result.run_id and record.status.value == "PLANNED" and record.partition == "noreward"
+    assert any("reward_accuracy_above_threshold skipped" in (e.message or "") for e in instance.all_logs(result.run_id))

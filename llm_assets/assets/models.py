@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from dagster import (
     AllPartitionMapping,
     AssetCheckExecutionContext,
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetCheckSpec,
     AssetChecksDefinition,
     AssetDep,
@@ -31,6 +33,7 @@ from dagster import (
     PreviewWarning,
     StaticPartitionsDefinition,
     asset,
+    asset_check,
     multi_asset_check,
 )
 from pydantic import Field
@@ -141,7 +144,7 @@ def train(context: AssetExecutionContext, recipe: Recipe, stage: Stage, store: A
     key = model_key(stage.name, recipe.name)
     known = st.record(key, fingerprint)
     if known is not None and st.has_version(key, known["version"]) and not forced(context, config):
-        return reuse(context, st, key, known)
+        return reuse(context, st, key, known, data)
     checkpoints = launcher.checkpoints() / stage.name / recipe.name / fingerprint
     if forced(context, config):
         shutil.rmtree(checkpoints, ignore_errors=True)
@@ -173,13 +176,14 @@ def train(context: AssetExecutionContext, recipe: Recipe, stage: Stage, store: A
     return stored_result(st, key, record, **({"tokens_cache": cache} if cache else {}))
 
 
-def reuse(context: AssetExecutionContext, st: Store, key: str, record: dict[str, Any]) -> MaterializeResult:
-    """The version trained from this same identity before: made current again, without training."""
+def reuse(context: AssetExecutionContext, st: Store, key: str, record: dict[str, Any], data: TrainingData) -> MaterializeResult:
+    """The version trained from this same identity before: made current again, without training. The drops it reads
+    now may be others than the run's (a drop of rows already trained on): their rows are the same."""
     st.set_latest(key, record["version"])
     st.put_record(key, record["fingerprint"], record)
     context.log.info(f"{key}: inputs, recipe fields and code unchanged since version {record['version'][:12]} "
                      f"(run {record.get('run_id', '?')}); reusing it, nothing to train")
-    return stored_result(st, key, record, reused=True)
+    return stored_result(st, key, {**record, "drops_used": data.used, "drops_left_out": data.left_out}, reused=True)
 
 
 def stored_result(st: Store, key: str, record: dict[str, Any], **extra: Any) -> MaterializeResult:
@@ -247,6 +251,14 @@ def base_snapshot(recipe: Recipe, hub: HubClient) -> dict[str, str]:
     return {"snapshot": str(snapshot)}
 
 
+@contextmanager
+def partitioned_checks():
+    """Partitioned asset checks are a Dagster preview; they are what lets a check run per recipe, alone from the UI."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PreviewWarning)
+        yield
+
+
 def build_gate_checks(partitions: StaticPartitionsDefinition) -> list[AssetChecksDefinition]:
     """Each stage's gate as a blocking check that reads the stored metrics: it runs with its asset, or alone from the
     UI (a threshold edit needs no retraining). A stage the recipe leaves out reports no result: the check shows skipped."""
@@ -254,8 +266,7 @@ def build_gate_checks(partitions: StaticPartitionsDefinition) -> list[AssetCheck
     def gate_check(stage: Stage) -> AssetChecksDefinition:
         gate = stage.gate
         skipped_when = f" Skipped when the recipe has no {stage.group} group." if stage.group else ""
-        with warnings.catch_warnings():  # partitioned checks are a Dagster preview; they are what lets a gate re-run per recipe
-            warnings.simplefilter("ignore", PreviewWarning)
+        with partitioned_checks():
             spec = AssetCheckSpec(gate.check, asset=stage.asset, blocking=True, partitions_def=partitions,
                                   description=gate.description + skipped_when)
 
@@ -278,3 +289,34 @@ def build_gate_checks(partitions: StaticPartitionsDefinition) -> list[AssetCheck
         return check
 
     return [gate_check(s) for s in STAGES.values() if s.gate]
+
+
+def build_fit_check(partitions: StaticPartitionsDefinition) -> AssetChecksDefinition:
+    """How many rows each data kind the recipe reads fits its tokenizer, max_length and truncation: seen on the base
+    model, before any training, and re-evaluated alone after a max_length or truncation edit."""
+
+    def rows_fit(context: AssetCheckExecutionContext, store: ArtifactStore) -> AssetCheckResult:
+        from llm_assets.training.fit import fit_report
+        from llm_assets.training.models import load_tokenizer
+
+        recipe = recipe_of(context)
+        st = store.open()
+        kinds = STAGES["base"].data_kinds(recipe)
+        data = training_data(context, st, kinds, recipe)
+        report = fit_report(load_tokenizer(str(st.get(model_key("base", recipe.name)).path)), recipe, data.paths)
+        mostly_lost = {k: r for k, r in report.items() if r["rows"] and r["left_out"] + r.get("indistinguishable", 0) > r["rows"] / 2}
+        rows = [[k, r["rows"], r["fit"], r["truncated"], r["left_out"] + r.get("indistinguishable", 0), r["p50_tokens"], r["p95_tokens"]]
+                for k, r in report.items()]
+        table = markdown_table(["kind", "rows", "fit whole", "truncated", "left out", "p50 tokens", "p95 tokens"], rows)
+        reason = "; ".join(f"{k}: {r['rows'] - r['fit'] - r['truncated']} of {r['rows']} rows cannot be trained on at "
+                           f"data.max_length {recipe.data.max_length} (p95 {r['p95_tokens']} tokens): raise max_length"
+                           + (" or set data.truncation: left" if k == "sft" and recipe.data.truncation == "drop" else "")
+                           for k, r in mostly_lost.items())
+        return AssetCheckResult(passed=not mostly_lost, severity=AssetCheckSeverity.WARN, description=reason or None,
+                                metadata={"fit": MetadataValue.md(table), "max_length": recipe.data.max_length,
+                                          "truncation": recipe.data.truncation, **{f"{k}_report": MetadataValue.json(r) for k, r in report.items()}})
+
+    with partitioned_checks():
+        return asset_check(asset="base_model", name="rows_fit_max_length", partitions_def=partitions, blocking=False,
+                           description="Rows per data kind that fit data.max_length whole, with the prompt cut from the "
+                                       "left, or not at all (warns when most of a kind's rows cannot be trained on).")(rows_fit)

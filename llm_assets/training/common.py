@@ -142,6 +142,10 @@ def save_trained(trainer, tokenizer, output_dir: str | Path, merge_adapter: bool
     else:
         trainer.save_model(str(out))
     if trainer.is_world_process_zero():
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:  # encoding calls leave truncation/padding state that would be saved into tokenizer.json,
+            backend.no_truncation()  # so a cache hit and a miss would give the same weights two versions
+            backend.no_padding()
         tokenizer.save_pretrained(out)
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
