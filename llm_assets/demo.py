@@ -48,7 +48,7 @@ def materialize_data(defs, instance: DagsterInstance, drops: dict[str, list[str]
             failed = [c.check_name for c in checks if not c.passed]
             status = "ok" if result.success and not failed else "FAILED " + ", ".join(failed or ["run"])
             rows.append([kind, key, meta.get("format", "-"), meta.get("rows_in", "-"), meta.get("rows_kept", "-"),
-                         meta.get("rows_quarantined", "-"), status, f"{time.time() - t0:.1f}"])
+                         meta.get("rows_quarantined", "-"), meta.get("rows_duplicate", "-"), status, f"{time.time() - t0:.1f}"])
     return rows
 
 
@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  landed {path}")
     drops = register_drops(instance, landing)
     rows = materialize_data(defs, instance, drops)
-    print("\nData drops\n" + markdown_table(["kind", "drop", "format", "rows in", "kept", "quarantined", "checks", "seconds"], rows))
-    data_ok = all(r[6] == "ok" for r in rows if str(r[1]).startswith("demo_"))
+    print("\nData drops\n" + markdown_table(["kind", "drop", "format", "rows in", "kept", "quarantined", "duplicates", "checks", "seconds"], rows))
+    data_ok = all(r[7] == "ok" for r in rows if str(r[1]).startswith("demo_"))
     if args.recipe == "none":
         return 0 if data_ok else 1
     print(f"\nTraining recipe {args.recipe!r} (base -> cpt -> sft -> reward -> rlhf -> quantized -> report) ...", flush=True)

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from llm_assets.recipes import Recipe
+from llm_assets.recipes import Recipe, deepspeed_config_path
 
 # Fields every trained stage reads through the hardware choice and the launcher.
 RUNTIME = ("model.dtype", "model.attn_implementation", "distributed.processes", "distributed.deepspeed")
@@ -77,6 +77,9 @@ class Stage:
             fields += ADAPTER
         dumped = recipe.model_dump(mode="json")
         out = {f: _get(dumped, f) for f in fields}
+        if "distributed.deepspeed" in out and out["distributed.deepspeed"]:  # its content decides, not its file name
+            path = deepspeed_config_path(out["distributed.deepspeed"])
+            out["deepspeed_config"] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
         if self.gate and self.gate.threshold:
             group, _, key = self.gate.threshold.partition(".")
             if isinstance(out.get(group), dict):

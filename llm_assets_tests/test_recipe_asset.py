@@ -30,3 +30,19 @@ def test_editing_one_recipe_changes_only_its_data_version(project_env, monkeypat
     assert after["a"] == before["a"] and after["b"] != before["b"]
     deps = defs.resolve_assets_def(AssetKey("sft_model")).asset_deps[AssetKey("sft_model")]
     assert AssetKey("recipe") in deps
+
+
+def test_a_broken_recipe_is_not_observed_and_does_not_block_the_others(project_env, monkeypatch):
+    recipes = project_env / "recipes"
+    write_recipe(recipes, "a")
+    monkeypatch.setenv("LLM_ASSETS_RECIPES_DIR", str(recipes))
+    (recipes / "broken.yaml").write_text("sft:\n  learnig_rate: 0.1\n")
+    from llm_assets.definitions import build_definitions
+
+    defs, instance = build_definitions(), DagsterInstance.get()
+    assert set(observed_versions(defs, instance)) == {"a"}
+    job = defs.resolve_job_def("full_pipeline_job").get_subset(asset_selection={AssetKey("recipe")})
+    assert job.execute_in_process(partition_key="a", instance=instance).success
+    failed = job.execute_in_process(partition_key="broken", instance=instance, raise_on_error=False)
+    failure = next(e for e in failed.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "unknown key 'sft.learnig_rate'" in failure.step_failure_data.error.message

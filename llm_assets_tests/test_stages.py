@@ -50,6 +50,16 @@ def test_adapter_fields_count_only_when_the_recipe_trains_adapters(tmp_path):
     assert {s for s in before if before[s] != after[s]} == {"sft", "reward", "rlhf"}
 
 
+def test_a_deepspeed_config_edit_retrains_what_runs_under_it(tmp_path):
+    config = tmp_path / "ds.json"
+    config.write_text('{"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": "auto"}')
+    distributed = {"processes": 2, "deepspeed": str(config)}
+    before = fingerprints(tmp_path / "a", distributed=distributed)
+    config.write_text('{"zero_optimization": {"stage": 2, "overlap_comm": true}, "train_micro_batch_size_per_gpu": "auto"}')
+    after = fingerprints(tmp_path / "b", distributed=distributed)
+    assert {s for s in before if before[s] != after[s]} == {"cpt", "sft", "reward", "rlhf"}
+
+
 def test_the_reward_model_starts_from_the_model_its_recipe_names(tmp_path):
     recipe = parse_recipe(write_recipe(tmp_path, "r", reward={"base": "cpt"}))
     assert STAGES["reward"].inputs(recipe) == {"model": "cpt"}

@@ -118,10 +118,9 @@ def main() -> int:
 
 
 def _any_tick(instance) -> bool:
-    from dagster._core.scheduler.instigation import InstigatorType
-
+    """A sensor has ticked (instigator types are not public API: compared by value)."""
     return any(instance.get_ticks(s.instigator_origin_id, s.selector_id, limit=1)
-               for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR))
+               for s in instance.all_instigator_state() if s.instigator_type.value == "SENSOR")
 
 
 def _data_runs_done(instance) -> bool:
