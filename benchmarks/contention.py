@@ -77,7 +77,7 @@ def contention(work: Path, quick: bool = False) -> dict:
 
     tiny = load_recipe("tiny", Path(__file__).resolve().parent.parent / "configs" / "recipes")
     batch, max_length = tiny.sft.per_device_batch_size, tiny.data.max_length
-    steps, rounds = (8, 1) if quick else (24, 3)
+    steps, rounds = (8, 1) if quick else (12, 3)
     rows, source = sft_rows(400)
     info = build_workdir(work, rows, tiny.model.architecture.model_dump(), max_length)
     extra = ["--batch", str(batch), "--max-length", str(max_length), "--threads", "0"]
@@ -88,7 +88,7 @@ def contention(work: Path, quick: bool = False) -> dict:
             for load in LOADS:
                 runs[name, load].append(r := measure(work, steps, extra, env, load))
                 print(f"  round {round_ + 1}, {name}, {load}: {r['tokens_per_s']:.0f} tokens/s "
-                      f"({r['threads']} threads, load avg {r['load_avg_1m']:.1f})", flush=True)
+                      f"({r['threads']} thread{'s' if r['threads'] > 1 else ''}, load avg {r['load_avg_1m']:.1f})", flush=True)
     table = {name: {load: summary(runs[name, load]) for load in LOADS} for name in envs}
     for row in table.values():
         row["busy_over_idle"] = row["busy"]["median"] / row["idle"]["median"]

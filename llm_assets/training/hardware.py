@@ -56,13 +56,14 @@ def training_thread_env(processes: int = 1, environ: Mapping[str, str] = os.envi
     environment can carry them.
 
     ``OMP_WAIT_POLICY=PASSIVE``: a thread that reaches a barrier sleeps instead of spinning. With the default
-    spin-wait, one busy process beside a 2-thread demo SFT cut it from ~6,900 to ~300 tokens/s here (the waiting
-    thread burns the core its partner needs); passive waiting kept over 40% of the idle rate and cost nothing idle
-    (``python -m benchmarks.run --parts contention``). LLVM/Intel OpenMP maps PASSIVE to ``KMP_BLOCKTIME=0``,
-    GNU OpenMP (PyPI torch) to no spinning, so one variable covers both.
-    ``OMP_NUM_THREADS``: every core of this process's affinity, shared among torchrun's ``processes`` (one thread
-    fewer than the cores was slower beside a busy process too: passive threads yield the core they cannot use).
-    No ``OMP_PROC_BIND``: a thread pinned to the core a busy process holds could not move to a free one.
+    spin-wait, a demo-size SFT on 2 threads beside one busy process fell to 444-767 tokens/s here, and to 1,244-5,288
+    when merely sharing the machine with other test runs; passive waits gave 2,856-5,795 and 5,678-6,622
+    (``python -m benchmarks.run --parts contention``): the spinning thread burns the core its partner needs.
+    LLVM/Intel OpenMP maps PASSIVE to ``KMP_BLOCKTIME=0`` and GNU OpenMP (PyPI torch) to no spinning, so one
+    variable covers both.
+    ``OMP_NUM_THREADS``: every core of this process's affinity, shared among torchrun's ``processes``. One thread
+    fewer measured the same beside a busy process (within the noise of a shared machine) and gives up a core on an
+    idle one. No ``OMP_PROC_BIND``: a thread pinned to the core a busy process holds could not move to a free one.
     A key already in ``environ`` (the user's own setting) is left as the user set it.
     """
     chosen = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(max(1, cpu_cores() // max(1, processes)))}
@@ -90,7 +91,8 @@ def choose(dtype: str = "auto", gradient_checkpointing: bool | None = None, attn
         native = cpu_has_native_bf16() and not deepspeed
         auto_autocast = "bfloat16" if native else "none"
         why = (f"CPU: fp32 weights, {'bf16 autocast (native bf16 matmul)' if native else 'fp32 matmuls'}, "
-               "no gradient checkpointing (recompute costs more than the memory saves)")
+               f"no gradient checkpointing (recompute costs more than the memory saves), {cpu_threads()} threads "
+               f"({os.environ.get('OMP_WAIT_POLICY', 'spin').lower()} waits)")
     if dtype != "auto":
         auto_dtype, auto_autocast = dtype, dtype if dtype != "float32" else "none"
     return Hardware(
