@@ -20,6 +20,10 @@ from llm_assets.recipes import Recipe, deepspeed_config_path
 RUNTIME = ("model.dtype", "model.attn_implementation", "distributed.processes", "distributed.deepspeed")
 # Adapter fields: read only when the recipe trains adapters (sft.method lora/qlora).
 ADAPTER = ("sft.method", "lora")
+# QLoRA's 4-bit base: how SFT quantizes it (not the quantization stage's bits or gate).
+QLORA = ("quantization.quant_type", "quantization.double_quant")
+# Training-group fields that change only logs and checkpoints, never the result.
+RECORD_ONLY = ("logging_steps", "save_steps")
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,8 @@ class Stage:
 
     def inputs(self, recipe: Recipe) -> dict[str, str]:
         """Model role -> stage: what the training process receives."""
-        roles = {"model": self.parent(recipe)} if self.parent(recipe) else {}
+        parent = self.parent(recipe)
+        roles = {"model": parent} if parent else {}
         if self.name == "rlhf" and recipe.reward is not None:  # RLOO/GRPO optimise it; DPO is judged by it
             roles["reward"] = "reward"
         return roles
@@ -75,8 +80,14 @@ class Stage:
         fields = [*self.reads]
         if self.adapters and recipe.sft.method != "full":
             fields += ADAPTER
+        if self.name == "sft" and recipe.sft.method == "qlora":
+            fields += QLORA
         dumped = recipe.model_dump(mode="json")
         out = {f: _get(dumped, f) for f in fields}
+        for value in out.values():
+            if isinstance(value, dict):
+                for key in RECORD_ONLY:
+                    value.pop(key, None)
         if "distributed.deepspeed" in out and out["distributed.deepspeed"]:  # its content decides, not its file name
             path = deepspeed_config_path(out["distributed.deepspeed"])
             out["deepspeed_config"] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
@@ -125,7 +136,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           ("rlhf", "data.max_length", "data.chat_template", *RUNTIME), adapters=True),
     Stage("quantize", "quantized_model", "Adapters merged, then bitsandbytes 4-bit NF4 (or 8-bit); size ratio and "
           "eval-loss delta reported.", "quantization", ("rlhf",), ("sft",),
-          ("quantization",),
+          ("quantization", "data.max_length", "data.chat_template"),
           Gate("eval_loss_delta_within_bound", "Quantized eval loss minus unquantized at most "
                "quantization.max_eval_loss_delta.", "eval_loss_delta", threshold="quantization.max_eval_loss_delta",
                higher_is_better=False, advice="use 8-bit, or raise quantization.max_eval_loss_delta if the loss is acceptable")),
@@ -144,8 +155,9 @@ def gate_outcome(gate: Gate, recipe: Recipe, metrics: dict[str, Any]) -> tuple[b
         bound, label = metrics.get(gate.baseline), gate.baseline
     if value is None or bound is None:
         return False, {}, f"the stored metrics have no {gate.metric!r} or {label!r}: materialize the stage again"
-    passed = value >= bound if gate.higher_is_better else (value <= bound if gate.threshold else value < bound)
+    # a threshold may be met exactly; a parent's figure must be beaten
     relation = ">=" if gate.higher_is_better else ("<=" if gate.threshold else "<")
+    passed = {">=": value >= bound, "<=": value <= bound, "<": value < bound}[relation]
     meta = {gate.metric: round(float(value), 6), label: round(float(bound), 6)}
     reason = "" if passed else f"{gate.metric} {value:.4g} is not {relation} {label} {bound:.4g}: {gate.advice}"
     return passed, meta, reason

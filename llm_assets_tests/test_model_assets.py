@@ -208,6 +208,9 @@ def test_a_gate_threshold_edit_reruns_the_check_and_trains_nothing(graph):
     for asset in stages:
         assert meta(instance, asset)["reused"] is True, asset
     assert not any("[reward] loss=" in (e.message or "") for e in instance.all_logs(again.run_id))
+    later = materialize_recipe(defs, instance, selection=["rlhf_policy"])  # another run: still not trained on
+    failure = next(e for e in later.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "failed its gate reward_accuracy_above_threshold" in failure.step_failure_data.error.message
     write_recipe(recipes, reward={"min_accuracy": 0.0})
     _, [evaluation] = run_check(build_definitions(), instance, "reward_model", "reward_accuracy_above_threshold")
     assert evaluation.passed

@@ -23,6 +23,7 @@ def fingerprints(tmp_path, **changes) -> dict[str, str]:
     {"tracking": {"run_name": "x"}},
     {"resources": {"gpus": 1}},
     {"description": "other words"},
+    {"sft": {"logging_steps": 3, "save_steps": 7}},  # logs and checkpoints only
 ])
 def test_fields_no_stage_reads_change_no_identity(tmp_path, edit):
     assert fingerprints(tmp_path / "a") == fingerprints(tmp_path / "b", **edit)
@@ -36,12 +37,19 @@ def test_fields_no_stage_reads_change_no_identity(tmp_path, edit):
     ({"cpt": {"max_steps": 9}}, {"cpt"}),
     ({"model": {"seed": 7}}, {"base"}),  # the builtin base's weights come from it
     ({"data": {"truncation": "left"}}, {"sft"}),
-    ({"data": {"max_length": 96}}, {"base", "cpt", "sft", "reward", "rlhf"}),
+    ({"data": {"max_length": 96}}, {"base", "cpt", "sft", "reward", "rlhf", "quantize"}),
+    ({"data": {"chat_template": "plain"}}, {"sft", "reward", "rlhf", "quantize"}),
     ({"model": {"dtype": "float32"}}, {"cpt", "sft", "reward", "rlhf"}),
 ])
 def test_a_field_changes_exactly_the_stages_that_read_it(tmp_path, edit, changed):
     before, after = fingerprints(tmp_path / "a"), fingerprints(tmp_path / "b", **edit)
     assert {s for s in before if before[s] != after[s]} == changed
+
+
+def test_qlora_reads_how_its_base_is_quantized(tmp_path):
+    before = fingerprints(tmp_path / "a", sft={"method": "qlora"})
+    after = fingerprints(tmp_path / "b", sft={"method": "qlora"}, quantization={"quant_type": "fp4", "double_quant": False})
+    assert {s for s in before if before[s] != after[s]} == {"sft", "quantize"}
 
 
 def test_adapter_fields_count_only_when_the_recipe_trains_adapters(tmp_path):

@@ -136,7 +136,9 @@ def train(context: AssetExecutionContext, recipe: Recipe, stage: Stage, store: A
           config: TrainingConfig, extra_inputs: dict[str, str] | None = None) -> MaterializeResult:
     """Resolve the stage's inputs from the table, reuse the version trained from the same identity, or launch and commit."""
     st = store.open()
-    artifacts = {role: st.get(model_key(parent, recipe.name)) for role, parent in stage.inputs(recipe).items()}
+    parents = {role: model_key(parent, recipe.name) for role, parent in stage.inputs(recipe).items()}
+    refuse_failed_gates(st, parents)
+    artifacts = {role: st.get(key) for role, key in parents.items()}
     data = training_data(context, st, stage.data_kinds(recipe), recipe)
     inputs = {**{f"data/{k}": d for k, d in data.digests.items()}, **{role: a.version for role, a in artifacts.items()}}
     code_version = context.assets_def.code_versions_by_key[context.asset_key] or ""
@@ -174,6 +176,15 @@ def train(context: AssetExecutionContext, recipe: Recipe, stage: Stage, store: A
               "run_id": context.run_id, "trained_at": time.time()}
     st.put_record(key, fingerprint, record)
     return stored_result(st, key, record, **({"tokens_cache": cache} if cache else {}))
+
+
+def refuse_failed_gates(st: Store, parents: dict[str, str]) -> None:
+    """A model whose current version failed its blocking gate is not trained on, in this run or any later one."""
+    for key in parents.values():
+        gate = (st.record(key) or {}).get("gate") or {}
+        if gate.get("passed") is False:
+            raise Failure(description=f"{key} failed its gate {gate['check']} ({gate['reason']}); fix it and materialize "
+                                      f"it again (or re-run the check after a threshold edit) before training on it")
 
 
 def reuse(context: AssetExecutionContext, st: Store, key: str, record: dict[str, Any], data: TrainingData) -> MaterializeResult:
@@ -277,10 +288,14 @@ def build_gate_checks(partitions: StaticPartitionsDefinition) -> list[AssetCheck
                 context.log.info(f"{gate.check} skipped: recipe '{recipe.name}' has no {stage.group} group, so "
                                  f"{stage.asset} passes its parent through and there is nothing to check")
                 return
-            record = store.open().record(model_key(stage.name, recipe.name))
-            if record is None:
-                raise Failure(description=f"{stage.asset} has no stored metrics for recipe '{recipe.name}': materialize it first")
+            st, key = store.open(), model_key(stage.name, recipe.name)
+            record = st.record(key)
+            if record is None or record["version"] != st.latest_version(key):
+                raise Failure(description=f"{stage.asset} has no stored run record for its current version (recipe "
+                                          f"'{recipe.name}'): materialize it, then run the check")
             passed, metadata, reason = gate_outcome(gate, recipe, record.get("metrics", {}))
+            # kept with the record: a later run must not train on a model that failed its gate
+            st.put_record(key, record["fingerprint"], {**record, "gate": {"check": gate.check, "passed": passed, "reason": reason}})
             if not passed:
                 context.log.error(f"{stage.asset} [{recipe.name}] {gate.check} failed: {reason}")
             yield AssetCheckResult(check_name=gate.check, asset_key=stage.asset, passed=passed,

@@ -29,12 +29,14 @@ def left_out_because(summary: dict[str, Any], max_reject_rate: float) -> str | N
 
 
 def rows_digest(paths: list[str]) -> str:
-    """Content identity of the rows in ``paths`` after cross-drop de-duplication, split included (order-free)."""
-    seen: set[tuple[str, str]] = set()
+    """Content identity of the rows in ``paths`` with their split, de-duplicated across drops as the training
+    stages load them (``llm_assets.training.data.load_rows``: the first drop wins)."""
+    split_of: dict[str, str] = {}
     for path in paths:
         table = pq.read_table(path, columns=["row_hash", "split"])
-        seen.update(zip(table.column("split").to_pylist(), table.column("row_hash").to_pylist()))
+        for row_hash, split in zip(table.column("row_hash").to_pylist(), table.column("split").to_pylist()):
+            split_of.setdefault(row_hash, split)
     h = hashlib.sha256()
-    for split, row_hash in sorted(seen):
-        h.update(f"{split}:{row_hash}\n".encode())
+    for row_hash in sorted(split_of):
+        h.update(f"{split_of[row_hash]}:{row_hash}\n".encode())
     return h.hexdigest()

@@ -10,13 +10,15 @@ from datasets import Dataset
 
 
 def load_rows(paths: list[str], split: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows of every drop, de-duplicated across drops by content hash (the first drop wins)."""
+    """Rows of every drop, de-duplicated across drops by content hash before the split is chosen (the first drop
+    wins), so a row one drop put in train and another in eval can never be in both."""
     rows, seen = [], set()
     for path in paths:
         for row in pq.read_table(Path(path)).to_pylist():
-            if (split is None or row["split"] == split) and row["row_hash"] not in seen:
+            if row["row_hash"] not in seen:
                 seen.add(row["row_hash"])
-                rows.append(row)
+                if split is None or row["split"] == split:
+                    rows.append(row)
     rows.sort(key=lambda r: r["row_hash"])  # independent of drop order: same data, same run
     return rows[:limit] if limit else rows
 
