@@ -55,15 +55,17 @@ def training_thread_env(processes: int = 1, environ: Mapping[str, str] = os.envi
     """Threading settings for a training child process; OpenMP reads them once, when torch is imported, so only its
     environment can carry them.
 
-    ``OMP_WAIT_POLICY=PASSIVE``: a thread that reaches a barrier sleeps instead of spinning. With the default
-    spin-wait, a demo-size SFT on 2 threads beside one busy process fell to 444-767 tokens/s here, and to 1,244-5,288
-    when merely sharing the machine with other test runs; passive waits gave 2,856-5,795 and 5,678-6,622
-    (``python -m benchmarks.run --parts contention``): the spinning thread burns the core its partner needs.
-    LLVM/Intel OpenMP maps PASSIVE to ``KMP_BLOCKTIME=0`` and GNU OpenMP (PyPI torch) to no spinning, so one
-    variable covers both.
+    ``OMP_WAIT_POLICY=PASSIVE``: a thread that reaches a barrier sleeps instead of spinning, so it does not burn the
+    core its partner thread needs. A demo-size SFT on this 2-core machine (``python -m benchmarks.run --parts
+    contention``; tokens/s, min-max of 3) beside one busy process: 444-767 spinning, 2,856-5,795 passive while other
+    test runs loaded the machine; 2,228-3,228 vs 5,913-6,554 when it was quieter. With nothing but other engineers'
+    tests beside it, spinning fell to 613-5,288 and passive kept 5,678-6,622. On a near-idle machine passive ran from
+    11% faster (median 10,949 vs 9,870) to 17% slower (8,475 vs 10,613, median of 5) than spinning, run to run; a
+    short spin (``GOMP_SPINCOUNT=1000``) was no better than passive either way. LLVM/Intel OpenMP maps PASSIVE to
+    ``KMP_BLOCKTIME=0`` and GNU OpenMP (PyPI torch) to no spinning, so one variable covers both.
     ``OMP_NUM_THREADS``: every core of this process's affinity, shared among torchrun's ``processes``. One thread
-    fewer measured the same beside a busy process (within the noise of a shared machine) and gives up a core on an
-    idle one. No ``OMP_PROC_BIND``: a thread pinned to the core a busy process holds could not move to a free one.
+    fewer was as fast beside a busy process (6,086-7,408) but 35% slower idle (6,683-7,802 vs 8,848-10,983).
+    No ``OMP_PROC_BIND``: a thread pinned to the core a busy process holds could not move to a free one.
     A key already in ``environ`` (the user's own setting) is left as the user set it.
     """
     chosen = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(max(1, cpu_cores() // max(1, processes)))}
