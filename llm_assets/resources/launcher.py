@@ -67,6 +67,8 @@ class TrainingLauncher(ConfigurableResource):
         returncode, invocation = run_pipes_process(context, command, env)
         if returncode != 0:
             raise child_failure(spec, returncode)
+        if spec.metrics_path.exists():  # the stage's own record; a Pipes message can arrive torn
+            return json.loads(spec.metrics_path.read_text())
         results = [m["metrics"] for m in invocation.get_custom_messages() if isinstance(m, dict) and "metrics" in m]
         if not results:
             raise Failure(description=f"the {spec.stage} process exited without reporting its metrics; see its log above")
@@ -115,9 +117,7 @@ def run_pipes_process(context: AssetExecutionContext, command: list[str], env: d
 
 def child_failure(spec: StageSpec, returncode: int) -> Failure:
     """The child's own error (left by ``llm_assets.training``), or how it died when it could not say."""
-    from llm_assets.training.__main__ import error_path
-
-    path = error_path(spec)
+    path = spec.error_path
     if path.exists():
         err = json.loads(path.read_text())
         return Failure(description=f"the {spec.stage} stage failed: {err['error']}",
