@@ -94,3 +94,21 @@ def test_one_file_is_read_without_fetching_the_rest_and_verified(store, tmp_path
     store.objects.write_bytes(f"models/sft/tiny/versions/{m.version}/metrics.json", b'{"eval_loss": 0.1}')
     with pytest.raises(IOError, match="does not match its manifest"):
         store.read_file("models/sft/tiny", "metrics.json")
+
+
+def test_run_records_live_beside_versions_and_never_change_them(store, tmp_path):
+    src = make_dir(tmp_path / "src", {"model.safetensors": b"w" * 100})
+    first = store.commit("models/sft/tiny", src)
+    store.put_record("models/sft/tiny", "fp1", {"version": first.version, "metrics": {"eval_loss": 1.0}})
+    store.put_record("models/sft/tiny", "fp2", {"version": first.version, "metrics": {"eval_loss": 0.5, "tokens_per_s": 9}})
+    again = store.commit("models/sft/tiny", src)  # the same files from another run: the same version
+    assert again.version == first.version and [f["path"] for f in again.files] == ["model.safetensors"]
+    assert store.record("models/sft/tiny")["metrics"]["eval_loss"] == 0.5  # the newest record is current
+    assert store.record("models/sft/tiny", "fp1")["metrics"] == {"eval_loss": 1.0}
+    assert store.record("models/sft/tiny", "absent") is None and store.record("models/other/tiny") is None
+    other = store.commit("models/sft/tiny", make_dir(tmp_path / "src2", {"model.safetensors": b"v" * 100}))
+    assert store.latest_version("models/sft/tiny") == other.version
+    store.set_latest("models/sft/tiny", first.version)  # a reused result becomes current again
+    assert store.latest_version("models/sft/tiny") == first.version and store.has_version("models/sft/tiny", other.version)
+    with pytest.raises(ArtifactNotFound):
+        store.set_latest("models/sft/tiny", "0" * 64)
