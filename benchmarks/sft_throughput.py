@@ -2,7 +2,7 @@
 
     python -m benchmarks.sft_throughput CONFIG --workdir DIR --steps N --out result.json
 
-CONFIG is ``ours`` (the sft_model asset's trainer with recipe defaults and data.truncation left, from
+CONFIG is ``ours`` (the sft_model asset's trainer with recipe defaults, from
 llm_assets.training.sft.make_trainer) or a
 TRL baseline: ``trl_default`` (SFTConfig defaults, only use_cpu=True), ``trl_cpu`` (fp32, no
 gradient checkpointing), ``trl_packing`` (trl_cpu + packing). Every configuration gets the same
@@ -71,8 +71,7 @@ def our_trainer(model_dir: str, rows: list[dict], max_length: int, batch: int, s
     from llm_assets.training.sft import make_trainer, tokenized
     from llm_assets.training.spec import StageSpec
 
-    # truncation 'left': every row is trained on, as TRL's configurations do (they cut long rows; we keep the reply whole)
-    recipe = Recipe(name="bench", data={"max_length": max_length, "truncation": "left"},
+    recipe = Recipe(name="bench", data={"max_length": max_length},
                     sft={"max_steps": steps, "per_device_batch_size": batch, "logging_steps": steps, "save_steps": steps * 10, **sft})
     spec = StageSpec(stage="sft", recipe=recipe.model_dump(mode="json"), output_dir=out, inputs={"model": model_dir},
                      datasets={}, options={})

@@ -7,6 +7,7 @@ observed); events are reported to it directly so each tick is evaluated in milli
 import pytest
 from dagster import (
     AssetCheckEvaluation,
+    AssetRecordsFilter,
     AssetKey,
     AssetMaterialization,
     AssetsDefinition,
@@ -14,6 +15,10 @@ from dagster import (
     Definitions,
     build_sensor_context,
     evaluate_automation_conditions,
+)
+
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (  # no public export in 1.13; test-only
+    AssetCheckEvaluationTargetMaterializationData,
 )
 
 from llm_assets.jobs import MODEL_ASSETS
@@ -48,9 +53,14 @@ class World:
         if (kind, drop) in self.landed:  # runless check evaluations are one per partition
             return
         self.landed.add((kind, drop))
+        [latest] = self.instance.fetch_materializations(
+            AssetRecordsFilter(AssetKey(f"{kind}_dataset"), asset_partitions=[drop]), limit=1).records
+        # what a run records: the evaluation targets the drop's materialization it checked
+        target = AssetCheckEvaluationTargetMaterializationData(storage_id=latest.storage_id, run_id=latest.run_id,
+                                                               timestamp=latest.timestamp)
         self.instance.report_runless_asset_event(AssetCheckEvaluation(
             asset_key=AssetKey(f"{kind}_dataset"), check_name="contract_holds", passed=checks_pass, partition=drop,
-            blocking=True))
+            blocking=True, target_materialization_data=target))
 
     def trained(self, recipes=("a", "b"), assets=MODELS, same_versions=False):
         """Models materialized; ``same_versions``: each reused its committed version (same data version as before)."""

@@ -26,7 +26,9 @@ def test_ours_packs_and_trl_unpacked_pads_over_the_same_steps(work):
     ours, trl = run_config("ours", work, 3, ARGS), run_config("trl_cpu", work, 3, ARGS)
     assert ours["steps"] == trl["steps"] == 3
     assert ours["packing"] and not trl["packing"]
-    assert ours["padding_waste"] < trl["padding_waste"] / 3  # 64 rows leave short last bins; the 5% target is for make bench
+    # over-long rows are left out (a reply is never cut), so bins are filled by whole short rows only (right-cut rows
+    # used to fill them exactly): about 10% waste on this 64-row sample against TRL's 30%; the 5% target is for make bench
+    assert ours["padding_waste"] < trl["padding_waste"] / 2
     assert ours["trainable_tokens"] > trl["trainable_tokens"] > 0  # a packed batch holds more examples
     assert ours["trainable_tokens_per_s"] > 0 and ours["real_tokens_per_s"] > ours["trainable_tokens_per_s"]
     assert not trl["bf16_autocast"] and not trl["gradient_checkpointing"]

@@ -37,7 +37,7 @@ from llm_assets.data.pipeline import (
 )
 from llm_assets.data.readers import UnreadableFile
 from llm_assets.markdown import markdown_table
-from llm_assets.partitions import DROP_PARTITIONS
+from llm_assets.partitions import DROP_PARTITIONS, partitioned_checks
 from llm_assets.resources.landing import KINDS, LandingZone, split_key
 from llm_assets.resources.store import ArtifactStore, sha256_file
 
@@ -140,15 +140,21 @@ def build_data_assets(kind: str) -> list[AssetsDefinition]:
     schema = dataset_schema(kind)
     column_schema = pandera_schema_to_dagster_type(schema).metadata.get("schema")
 
+    with partitioned_checks():  # each drop's checks recorded under its partition
+        check_specs = [
+            AssetCheckSpec("contract_holds", asset=f"{kind}_dataset", blocking=True, partitions_def=partitions,
+                           description="Every stored row satisfies the pandera dataset contract."),
+            AssetCheckSpec("reject_rate_plausible", asset=f"{kind}_dataset", blocking=True, partitions_def=partitions,
+                           description="Quarantined share at most the sanity bound DatasetConfig.max_reject_rate (50%); each recipe applies its own data.max_reject_rate when it picks drops."),
+            AssetCheckSpec("no_duplicates", asset=f"{kind}_dataset", blocking=True, partitions_def=partitions,
+                           description="No two stored rows have the same content hash."),
+        ]
+
     @asset(
         name=f"{kind}_dataset", partitions_def=partitions, group_name="data", code_version="1", deps=[raw_corpus], kinds={"parquet", "pandera"},
         automation_condition=on_change(),
         description=f"Validated {kind} rows in canonical form, PII scrubbed, de-duplicated, split by content hash; rejected rows in the quarantine table.",
-        check_specs=[
-            AssetCheckSpec("contract_holds", asset=f"{kind}_dataset", blocking=True, description="Every stored row satisfies the pandera dataset contract."),
-            AssetCheckSpec("reject_rate_plausible", asset=f"{kind}_dataset", blocking=True, description="Quarantined share at most the sanity bound DatasetConfig.max_reject_rate (50%); each recipe applies its own data.max_reject_rate when it picks drops."),
-            AssetCheckSpec("no_duplicates", asset=f"{kind}_dataset", blocking=True, description="No two stored rows have the same content hash."),
-        ],
+        check_specs=check_specs,
     )
     def dataset(context: AssetExecutionContext, config: DatasetConfig, store: ArtifactStore) -> MaterializeResult:
         drop = context.partition_key

@@ -9,8 +9,6 @@ recipe fields and code are unchanged reuses its committed version without traini
 import shutil
 import tempfile
 import time
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,6 @@ from dagster import (
     Failure,
     MaterializeResult,
     MetadataValue,
-    PreviewWarning,
     StaticPartitionsDefinition,
     asset,
     asset_check,
@@ -42,6 +39,7 @@ from llm_assets.assets.data import dataset_key
 from llm_assets.automation import on_change
 from llm_assets.data.selection import left_out_because, rows_digest
 from llm_assets.markdown import markdown_table
+from llm_assets.partitions import partitioned_checks
 from llm_assets.paths import default_data_dir
 from llm_assets.recipes import Recipe, RecipeError, load_recipe
 from llm_assets.resources.hub import HubClient, HubError, check_architecture
@@ -260,14 +258,6 @@ def base_snapshot(recipe: Recipe, hub: HubClient) -> dict[str, str]:
     except HubError as e:
         raise Failure(description=str(e)) from None
     return {"snapshot": str(snapshot)}
-
-
-@contextmanager
-def partitioned_checks():
-    """Partitioned asset checks are a Dagster preview; they are what lets a check run per recipe, alone from the UI."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PreviewWarning)
-        yield
 
 
 def build_gate_checks(partitions: StaticPartitionsDefinition) -> list[AssetChecksDefinition]:
