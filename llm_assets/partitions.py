@@ -22,10 +22,11 @@ def recipe_partitions() -> StaticPartitionsDefinition:
     failing the whole code location, data assets included; `dagster definitions validate` still names it
     (a recipe name must be a valid partition key).
     """
-    return StaticPartitionsDefinition([name for name in recipe_names() if _is_partition_key(name)])
+    return StaticPartitionsDefinition([name for name in recipe_names() if is_partition_key(name)])
 
 
-def _is_partition_key(name: str) -> bool:
+def is_partition_key(name: str) -> bool:
+    """Whether Dagster accepts ``name`` as a partition key (a recipe file's stem must be one)."""
     try:
         StaticPartitionsDefinition([name])
     except DagsterInvalidDefinitionError:

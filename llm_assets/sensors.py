@@ -24,7 +24,7 @@ from dagster import (
 from llm_assets.assets.data import SHA_TAG
 from llm_assets.drops import load_cursor, plan_drops
 from llm_assets.jobs import data_jobs
-from llm_assets.partitions import DROP_PARTITIONS
+from llm_assets.partitions import DROP_PARTITIONS, is_partition_key
 from llm_assets.recipes import RecipeError, load_recipe, recipe_names
 from llm_assets.resources.landing import KINDS, LandingZone
 
@@ -82,7 +82,11 @@ def build_recipe_sensor(partitions: StaticPartitionsDefinition) -> SensorDefinit
                 events.append(recipe_observation(name, digest))
                 seen[name] = digest
         for name in sorted(set(recipe_names()) - known):
-            context.log.warning(f"configs/recipes/{name}.yaml is new: reload the code location to add its partition")
+            if is_partition_key(name):
+                context.log.warning(f"configs/recipes/{name}.yaml is new: reload the code location to add its partition")
+            else:
+                context.log.error(f"configs/recipes/{name!r}.yaml is not used: Dagster refuses {name!r} as a partition key; "
+                                  "rename the file (lower-case letters, digits, '-' and '_')")
         return SensorResult(asset_events=events, cursor=json.dumps(seen, sort_keys=True))
 
     return recipe_sensor

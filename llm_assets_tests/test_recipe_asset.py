@@ -1,5 +1,7 @@
 """The recipe source asset: editing one recipe changes only that partition's data version."""
 
+import logging
+
 from dagster import AssetKey, DagsterInstance
 
 from llm_assets_tests.helpers import write_recipe
@@ -46,3 +48,27 @@ def test_a_broken_recipe_is_not_observed_and_does_not_block_the_others(project_e
     failed = job.execute_in_process(partition_key="broken", instance=instance, raise_on_error=False)
     failure = next(e for e in failed.all_events if e.event_type_value == "STEP_FAILURE")
     assert "unknown key 'sft.learnig_rate'" in failure.step_failure_data.error.message
+
+
+def test_the_recipe_sensor_says_why_a_file_is_not_a_partition(project_env, monkeypatch):
+    from dagster import build_sensor_context
+
+    recipes = project_env / "recipes"
+    write_recipe(recipes, "a")
+    monkeypatch.setenv("LLM_ASSETS_RECIPES_DIR", str(recipes))
+    from llm_assets.definitions import build_definitions
+
+    defs = build_definitions()
+    write_recipe(recipes, "b")  # added after the code location loaded
+    (recipes / "v2...final.yaml").write_text((recipes / "a.yaml").read_text().replace("name: a", "name: v2...final"))
+    sensor = next(s for s in defs.sensors if s.name == "recipe_sensor")
+    records = []
+    with build_sensor_context(instance=DagsterInstance.get()) as ctx:
+        handler = logging.Handler()
+        handler.emit = records.append  # what the sensor's tick log in the UI shows
+        ctx.log.addHandler(handler)
+        sensor(ctx)
+    text = "\n".join(r.getMessage() for r in records)
+    assert "configs/recipes/b.yaml is new: reload the code location" in text
+    assert "Dagster refuses 'v2...final' as a partition key; rename the file" in text
+    assert "v2...final.yaml is new" not in text
