@@ -142,11 +142,11 @@ def train(context: AssetExecutionContext, recipe: Recipe, stage: Stage, store: A
     code_version = context.assets_def.code_versions_by_key[context.asset_key] or ""
     fingerprint = stage.fingerprint(recipe, inputs, code_version, {"eval_limit": config.eval_limit})
     key = model_key(stage.name, recipe.name)
-    known = st.record(key, fingerprint)
-    if known is not None and st.has_version(key, known["version"]) and not forced(context, config):
+    known, force = st.record(key, fingerprint), forced(context, config)
+    if known is not None and st.has_version(key, known["version"]) and not force:
         return reuse(context, st, key, known, data)
     checkpoints = launcher.checkpoints() / stage.name / recipe.name / fingerprint
-    if forced(context, config):
+    if force:
         shutil.rmtree(checkpoints, ignore_errors=True)
         context.log.info(f"{key}: retraining as asked (force_retrain), from no checkpoint")
     work = Path(tempfile.mkdtemp(prefix=f"{stage.name}-", dir=_ensure(default_data_dir() / "work")))
@@ -212,9 +212,9 @@ def passthrough(context: AssetExecutionContext, recipe: Recipe, stage: Stage, st
     parent = st.get(model_key(source, recipe.name))
     key = model_key(stage.name, recipe.name)
     manifest = st.commit(key, parent.path, {"stage": stage.name, "recipe": recipe.name})
-    why = f"the recipe has no {stage.group} group"
-    st.put_record(key, f"passthrough-{manifest.version[:16]}", {
-        "version": manifest.version, "fingerprint": f"passthrough-{manifest.version[:16]}", "stage": stage.name,
+    why, name = f"the recipe has no {stage.group} group", f"passthrough-{manifest.version[:16]}"
+    st.put_record(key, name, {
+        "version": manifest.version, "fingerprint": name, "stage": stage.name,
         "recipe_hash": recipe.recipe_hash, "passthrough_of": source, "why": why, "metrics": {}})
     context.log.info(f"{stage.name}: {why}; passing {source} through unchanged")
     return MaterializeResult(data_version=DataVersion(manifest.version),
@@ -309,11 +309,11 @@ def build_fit_check(partitions: StaticPartitionsDefinition) -> AssetChecksDefini
         kinds = STAGES["base"].data_kinds(recipe)
         data = training_data(context, st, kinds, recipe)
         report = fit_report(load_tokenizer(str(st.get(model_key("base", recipe.name)).path)), recipe, data.paths)
-        mostly_lost = {k: r for k, r in report.items() if r["rows"] and r["left_out"] + r.get("indistinguishable", 0) > r["rows"] / 2}
-        rows = [[k, r["rows"], r["fit"], r["truncated"], r["left_out"] + r.get("indistinguishable", 0), r["p50_tokens"], r["p95_tokens"]]
-                for k, r in report.items()]
+        lost = {k: r["left_out"] + r.get("indistinguishable", 0) for k, r in report.items()}  # rows no stage trains on
+        mostly_lost = {k: r for k, r in report.items() if r["rows"] and lost[k] > r["rows"] / 2}
+        rows = [[k, r["rows"], r["fit"], r["truncated"], lost[k], r["p50_tokens"], r["p95_tokens"]] for k, r in report.items()]
         table = markdown_table(["kind", "rows", "fit whole", "truncated", "left out", "p50 tokens", "p95 tokens"], rows)
-        reason = "; ".join(f"{k}: {r['rows'] - r['fit'] - r['truncated']} of {r['rows']} rows cannot be trained on at "
+        reason = "; ".join(f"{k}: {lost[k]} of {r['rows']} rows cannot be trained on at "
                            f"data.max_length {recipe.data.max_length} (p95 {r['p95_tokens']} tokens): raise max_length"
                            + (" or set data.truncation: left" if k == "sft" and recipe.data.truncation == "drop" else "")
                            for k, r in mostly_lost.items())
