@@ -1,7 +1,7 @@
 import pytest
 
 from llm_assets.resources.landing import DropNameError, Landing, drop_key
-from llm_assets.resources.objects import LocalObjects
+from llm_assets.objects import LocalObjects
 
 
 def test_plain_names_are_their_own_key():

@@ -5,8 +5,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from llm_assets.resources.objects import LocalObjects, S3Objects
-from llm_assets.resources.store import MANIFEST, ArtifactNotFound, Store
+from llm_assets.objects import LocalObjects, S3Objects
+from llm_assets.artifacts import MANIFEST, ArtifactNotFound, Store
 
 
 def make_dir(root: Path, files: dict[str, bytes]) -> Path:

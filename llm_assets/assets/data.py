@@ -39,7 +39,8 @@ from llm_assets.data.readers import UnreadableFile
 from llm_assets.markdown import markdown_table
 from llm_assets.partitions import DROP_PARTITIONS, partitioned_checks
 from llm_assets.resources.landing import KINDS, LandingZone, split_key
-from llm_assets.resources.store import ArtifactStore, sha256_file
+from llm_assets.artifacts import sha256_file
+from llm_assets.resources.store import ArtifactStore
 
 MAPPING_FILE = "mapping.yaml"
 SHA_TAG = "llm_assets/sha256"  # set by landing_sensor on the runs it requests

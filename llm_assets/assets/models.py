@@ -44,7 +44,8 @@ from llm_assets.paths import default_data_dir
 from llm_assets.recipes import Recipe, RecipeError, load_recipe
 from llm_assets.resources.hub import HubClient, HubError, check_architecture
 from llm_assets.resources.launcher import TrainingLauncher
-from llm_assets.resources.store import ArtifactStore, Store
+from llm_assets.artifacts import Store
+from llm_assets.resources.store import ArtifactStore
 from llm_assets.stages import STAGES, Stage, gate_outcome
 from llm_assets.tokens_cache import TOKENS_FILE, cache_key, tokenizer_digest
 from llm_assets.training.spec import StageSpec

@@ -22,7 +22,7 @@ import yaml
 from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
 
-from llm_assets.resources.objects import Objects, open_objects
+from llm_assets.objects import Objects, open_objects
 
 KINDS = ("sft", "preference", "pretraining")
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")

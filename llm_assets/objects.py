@@ -32,6 +32,7 @@ class Objects(Protocol):
     def download(self, path: str, local: Path) -> None: ...
     def exists(self, path: str) -> bool: ...
     def delete_prefix(self, prefix: str) -> None: ...
+    def delete(self, path: str) -> None: ...
 
 
 def _join(*parts: str) -> str:
@@ -87,6 +88,9 @@ class LocalObjects:
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._p(prefix), ignore_errors=True)
+
+    def delete(self, path: str) -> None:
+        self._p(path).unlink(missing_ok=True)
 
     def local_path(self, path: str) -> Path:
         return self._p(path)
@@ -148,6 +152,9 @@ class S3Objects:
         keys = [{"Key": self._k(o.path)} for o in self.list(prefix)]
         for i in range(0, len(keys), 1000):
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys[i:i + 1000]})
+
+    def delete(self, path: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._k(path))  # no error when absent
 
 
 def open_objects(root: str, s3_client_factory: Any = None) -> Objects:
