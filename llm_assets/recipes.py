@@ -56,8 +56,9 @@ class DataGroup(Group):
 class ArchitectureGroup(Group):
     """Shape of a Llama-style decoder.
 
-    ``builtin:tiny`` is built from it; hub recipes state it (from the model's config.json) so that
-    memory is estimated before anything is downloaded, and the snapshot is checked against it.
+    ``builtin:tiny`` is built from it; a named builtin model (``BUILTIN_SHAPES``) fixes it; hub recipes
+    state it (from the model's config.json) so that memory is estimated before anything is downloaded,
+    and the snapshot is checked against it.
     """
 
     hidden_size: int = Field(128, gt=0)
@@ -77,8 +78,22 @@ class ArchitectureGroup(Group):
         return self
 
 
+BUILTIN_TINY = "builtin:tiny"
+# Named builtin models: realistic Llama shapes built without the hub (random init, tokenizer trained on the corpora),
+# so the real-size path runs anywhere. The name fixes the shape; the embedding has all vocab_size rows.
+BUILTIN_SHAPES: dict[str, ArchitectureGroup] = {
+    # GPT-3 Small's shape (Brown et al. 2020: 12 x 768, 50k vocabulary) as a Llama decoder: 124 M parameters
+    "builtin:llama-125m": ArchitectureGroup(hidden_size=768, intermediate_size=2048, num_layers=12, num_heads=12,
+                                            vocab_size=50304, tie_word_embeddings=True),
+    # Llama 3.2 1B's decoder (16 x 2048, GQA 32/8) with Llama 2's 32k vocabulary: 1.04 B parameters
+    "builtin:llama-1b": ArchitectureGroup(hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32,
+                                          num_kv_heads=8, vocab_size=32000, tie_word_embeddings=True),
+}
+BUILTIN_MODELS = (BUILTIN_TINY, *BUILTIN_SHAPES)
+
+
 class ModelGroup(Group):
-    base: str = Field("builtin:tiny", description="'builtin:tiny' or a Hugging Face Hub repo id.")
+    base: str = Field(BUILTIN_TINY, description="A builtin model (" + ", ".join(BUILTIN_MODELS) + ") or a Hugging Face Hub repo id.")
     revision: str | None = Field(None, description="Pinned hub commit (40 hex characters); required for hub models.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
@@ -86,11 +101,29 @@ class ModelGroup(Group):
     seed: int = Field(42, description="Initialises the weights of a builtin model (part of base_model's identity).")
     architecture: ArchitectureGroup = ArchitectureGroup()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _builtin_name_fixes_the_shape(cls, data: Any) -> Any:
+        """A named builtin model's architecture comes from its name: filled in when omitted, refused when it differs."""
+        if not isinstance(data, dict) or data.get("base") not in BUILTIN_SHAPES:
+            return data
+        shape, given = BUILTIN_SHAPES[data["base"]], data.get("architecture")
+        if given is not None:
+            try:
+                parsed = ArchitectureGroup.model_validate(given)
+            except ValidationError:
+                return data  # the field's own validation names the bad key
+            if parsed != shape:
+                fixed = ", ".join(f"{k}={v}" for k, v in shape.model_dump().items())
+                raise ValueError(f"model.architecture differs from {data['base']}'s fixed shape ({fixed}): leave "
+                                 "'model.architecture' out, or use builtin:tiny for a shape of your own")
+        return {**data, "architecture": shape}
+
     @model_validator(mode="after")
     def _hub_models_are_pinned(self) -> "ModelGroup":
         if self.base.startswith(BUILTIN_PREFIX):
-            if self.base != "builtin:tiny":
-                raise ValueError(f"unknown builtin model {self.base!r}; the builtin model is 'builtin:tiny'")
+            if self.base not in BUILTIN_MODELS:
+                raise ValueError(f"unknown builtin model {self.base!r}; builtin models: {', '.join(BUILTIN_MODELS)}")
             return self
         if not self.revision or not re.fullmatch(r"[0-9a-f]{40}", self.revision):
             raise ValueError(

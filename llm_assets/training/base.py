@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llm_assets.training.builtin import build_tiny, render_chat
+from llm_assets.training.builtin import build_builtin, render_chat
 from llm_assets.training.common import copy_model_dir, write_metrics
 from llm_assets.training.data import load_rows
 from llm_assets.training.evaluate import completion_loss, exact_match, text_loss
@@ -50,12 +50,11 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
         return _saved(spec, {"source": f"{recipe.model.base}@{recipe.model.revision}", **baseline_metrics(spec.output_dir, spec)})
     texts = corpus_texts(spec)
     if not texts:
-        raise ValueError("builtin:tiny trains its tokenizer on the datasets, but no validated drop was given")
+        raise ValueError(f"{recipe.model.base} trains its tokenizer on the datasets, but no validated drop was given")
     reporter.log(f"[base] training a {recipe.model.architecture.vocab_size}-token BPE tokenizer on {len(texts)} texts")
-    info = build_tiny(texts, recipe.model.architecture, max_positions=max(2 * recipe.data.max_length, 512),
-                      seed=recipe.model.seed, output_dir=Path(spec.output_dir))
+    info = build_builtin(recipe.model, texts, max_positions=max(2 * recipe.data.max_length, 512), output_dir=Path(spec.output_dir))
     tok = load_tokenizer(spec.output_dir)
-    reporter.log(f"[base] built builtin:tiny with {info['parameters']:,} parameters, vocabulary {info['vocab_size']}")
+    reporter.log(f"[base] built {recipe.model.base} with {info['parameters']:,} parameters, vocabulary {info['vocab_size']}")
     return _saved(spec, {**info, "tokenizer_texts": len(texts), "eos_token": tok.eos_token, "pad_token": tok.pad_token,
                          **baseline_metrics(spec.output_dir, spec)})
 
