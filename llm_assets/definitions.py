@@ -16,13 +16,13 @@ from llm_assets.resources import default_resources
 from llm_assets.sensors import build_recipe_sensor, landing_sensor
 
 
-def build_definitions() -> Definitions:
+def build_definitions(resources: dict[str, object] | None = None) -> Definitions:
     """Built from configs/recipes/ (or LLM_ASSETS_RECIPES_DIR) as it is now: one partition per recipe file.
 
     `dagster definitions validate` (what CI runs) sets DAGSTER_IS_DEFS_VALIDATION_CLI: there every recipe
     must load, so a broken one fails the command naming its file and key. Anywhere else (`dagster dev`)
     a broken recipe must not take the data assets down with it: it stays a partition whose model
-    assets fail at run time with the same message.
+    assets fail at run time with the same message. ``resources`` replace the environment's defaults by key.
     """
     if os.environ.get("DAGSTER_IS_DEFS_VALIDATION_CLI"):
         load_all_recipes()
@@ -33,7 +33,7 @@ def build_definitions() -> Definitions:
         asset_checks=[*build_gate_checks(recipes), build_fit_check(recipes)],
         jobs=build_jobs(recipes),
         sensors=[landing_sensor, build_recipe_sensor(recipes), automation_sensor],
-        resources=default_resources(),
+        resources={**default_resources(), **(resources or {})},
     )
 
 

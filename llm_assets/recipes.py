@@ -22,7 +22,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llm_assets.paths import project_root, recipes_dir
-from llm_assets.training.memory import MemoryEstimate, TrainingSetup, estimate
+from llm_assets.stage_memory import STAGE_NAMES, StageMemory, stage_memory, training_setup
+from llm_assets.training.memory import MemoryEstimate, estimate
 
 BUILTIN_PREFIX = "builtin:"
 RECIPE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -290,7 +291,7 @@ def parse_recipe(path: Path, text: str | None = None) -> Recipe:
         raise RecipeError("\n".join(_format_error(path, err, Recipe) for err in e.errors())) from None
     stage = zero_stage(recipe, path)
     _check_zero_stage_supported(recipe, stage, path)
-    _check_fits(recipe, estimate(training_setup(recipe, stage)), path)
+    _check_fits(recipe, stage, path)
     return recipe
 
 
@@ -336,39 +337,34 @@ def _check_zero_stage_supported(recipe: Recipe, stage: int, path: Path) -> None:
         )
 
 
-def training_setup(recipe: Recipe, stage: int) -> TrainingSetup:
-    """The recipe's SFT stage (the largest of its training stages) in the memory estimator's terms.
-
-    ``dtype: auto`` and ``gradient_checkpointing: null`` resolve as the hardware choice does: 16-bit and
-    checkpointing on a GPU, fp32 without checkpointing on a CPU.
-    """
-    on_gpu = recipe.resources.gpus > 0
-    dtype, checkpointing = recipe.model.dtype, recipe.sft.gradient_checkpointing
-    processes = recipe.distributed.processes
-    return TrainingSetup(
-        architecture=recipe.model.architecture, method=recipe.sft.method,
-        sequence_length=recipe.data.max_length, batch_size=recipe.sft.per_device_batch_size,
-        low_precision=dtype in ("bfloat16", "float16") or (dtype == "auto" and on_gpu),
-        checkpointing=on_gpu if checkpointing is None else checkpointing, on_gpu=on_gpu,
-        lora_r=recipe.lora.r, lora_target_modules=recipe.lora.target_modules,
-        processes=processes, zero_stage=stage if processes > 1 else 0,
-    )
-
-
 def estimate_memory(recipe: Recipe) -> MemoryEstimate:
-    """Peak per-device training memory of a loaded recipe."""
-    return estimate(training_setup(recipe, zero_stage(recipe, f"recipe '{recipe.name}'")))
+    """Peak per-device memory of training the recipe's SFT model, checkpointed as ``sft.gradient_checkpointing`` says
+    (``stage_memory`` has every stage, and resolves an unset checkpointing as the hardware choice does)."""
+    return estimate(training_setup(recipe, "sft", zero=zero_stage(recipe, f"recipe '{recipe.name}'"),
+                                   checkpointing=bool(recipe.sft.gradient_checkpointing)))
 
 
-def _check_fits(recipe: Recipe, memory: MemoryEstimate, path: Path) -> None:
-    """Reject a recipe whose estimate exceeds the GPU memory it declares, with the numbers."""
+def active_stages(recipe: Recipe) -> list[str]:
+    """The stages that load a model for ``recipe``: a null group (no ``cpt``, ``reward: null``, ...) is a pass-through."""
+    groups = {"cpt": recipe.cpt, "reward": recipe.reward, "rlhf": recipe.rlhf, "quantize": recipe.quantization}
+    return [s for s in STAGE_NAMES if groups.get(s, True) is not None]
+
+
+def _check_fits(recipe: Recipe, zero: int, path: Path) -> None:
+    """Reject a recipe when any active stage's estimate exceeds the GPU memory it declares, naming the stage and figures."""
     limit = recipe.resources.gpu_memory_gb
-    if limit is not None and memory.total_gb > limit:
-        raise RecipeError(
-            f"{path}: the estimate does not fit resources.gpu_memory_gb = {limit:g}: {memory.describe()}. "
-            "Lower data.max_length or sft.per_device_batch_size, use sft.method: qlora, "
-            "or add processes with a ZeRO config under distributed."
-        )
+    if limit is None or not recipe.resources.gpus:
+        return
+    for stage in active_stages(recipe):
+        memory: StageMemory = stage_memory(recipe, stage, zero=zero)
+        if memory.device_gb > limit:
+            group = {"base": "sft", "evaluate": "sft", "quantize": "sft"}.get(stage, stage)
+            raise RecipeError(
+                f"{path}: stage '{stage}' needs {memory.device_gb:.1f} GB per device, over resources.gpu_memory_gb = "
+                f"{limit:g} ({memory.describe()}). Lower data.max_length or {group}.per_device_batch_size, set "
+                f"{group}.gradient_checkpointing: true, use sft.method: qlora, or add processes with a ZeRO config under "
+                "distributed."
+            )
 
 
 def recipe_files(directory: Path | None = None) -> list[Path]:

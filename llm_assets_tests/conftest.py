@@ -25,6 +25,8 @@ def project_env(tmp_path, monkeypatch):
     monkeypatch.setenv("LLM_ASSETS_DATA_DIR", str(tmp_path / "data"))
     for var in ("LLM_ASSETS_LANDING", "LLM_ASSETS_STORE"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LLM_ASSETS_TRAINING_RETRIES", "0")  # a test that wants retries says so
+    monkeypatch.setenv("LLM_ASSETS_CACHE", str(tmp_path / "worker_cache"))
     return tmp_path
 
 

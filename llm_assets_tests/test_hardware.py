@@ -6,7 +6,7 @@ import torch
 from dagster import AssetExecutionContext, MaterializeResult, asset, materialize
 
 from llm_assets.recipes import Recipe
-from llm_assets.resources.launcher import TrainingLauncher
+from llm_assets.resources.launcher import TrainingLauncher, child_env, run_pipes_process
 from llm_assets.training.common import hardware_for, trainer_args
 from llm_assets.training.hardware import choose, cpu_cores, cpu_has_native_bf16, training_thread_env
 from llm_assets.training.spec import StageSpec
@@ -80,17 +80,17 @@ with open_dagster_pipes() as pipes:
 
 
 def launched_child_sees(tmp_path, launcher_kw: dict) -> dict:
-    """Materialize an asset that runs TrainingLauncher.run, whose interpreter is a script running PROBE."""
+    """Materialize an asset that launches TrainingLauncher's command and environment, whose interpreter is a script running PROBE."""
     (tmp_path / "probe.py").write_text(PROBE)
     python = tmp_path / "python"
     python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{tmp_path / "probe.py"}"\n')  # ignores the stage arguments
     python.chmod(0o755)
-    spec = StageSpec(stage="sft", recipe=Recipe(name="probe").model_dump(mode="json"), output_dir=str(tmp_path / "out"))
     seen = {}
 
     @asset
     def probed(context: AssetExecutionContext, launcher: TrainingLauncher) -> MaterializeResult:
-        seen.update(launcher.run(context, spec))
+        returncode, invocation = run_pipes_process(context, launcher.command("sft", 1), child_env(launcher.extra_env, 1))
+        seen.update(invocation.get_custom_messages()[-1]["metrics"])
         return MaterializeResult()  # a Pipes step must end with a result
 
     assert materialize([probed], resources={"launcher": TrainingLauncher(python=str(python), **launcher_kw)}).success

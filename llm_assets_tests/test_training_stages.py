@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llm_assets.recipes import parse_recipe
-from llm_assets.training.__main__ import run_stage
+from llm_assets.training.worker import run_stage
 from llm_assets.training.models import is_adapter, load_causal_lm, load_tokenizer
 from llm_assets.training.report import Reporter
 from llm_assets.training.spec import beside

@@ -6,11 +6,9 @@ commits the stage's directory; the logic lives in ``llm_assets.training``. A sta
 recipe fields and code are unchanged reuses its committed version without training.
 """
 
-import shutil
-import tempfile
+import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from dagster import (
@@ -23,11 +21,13 @@ from dagster import (
     AssetDep,
     AssetExecutionContext,
     AssetsDefinition,
+    Backoff,
     Config,
     DataVersion,
     Failure,
     MaterializeResult,
     MetadataValue,
+    RetryPolicy,
     StaticPartitionsDefinition,
     asset,
     asset_check,
@@ -35,20 +35,19 @@ from dagster import (
 )
 from pydantic import Field
 
+from llm_assets.artifacts import Store
 from llm_assets.assets.data import dataset_key
 from llm_assets.automation import on_change
 from llm_assets.data.selection import left_out_because, rows_digest
 from llm_assets.markdown import markdown_table
 from llm_assets.partitions import partitioned_checks
-from llm_assets.paths import default_data_dir
 from llm_assets.recipes import Recipe, RecipeError, load_recipe
-from llm_assets.resources.hub import HubClient, HubError, check_architecture
+from llm_assets.resources.hub import HubClient
 from llm_assets.resources.launcher import TrainingLauncher
-from llm_assets.artifacts import Store
 from llm_assets.resources.store import ArtifactStore
 from llm_assets.stages import STAGES, Stage, gate_outcome
-from llm_assets.tokens_cache import TOKENS_FILE, cache_key, tokenizer_digest
-from llm_assets.training.spec import StageSpec
+from llm_assets.tokens_cache import cache_key, tokenizer_digest
+from llm_assets.training.order import StoreSettings, WorkOrder
 
 CACHED_STAGES = ("sft",)
 FORCE_TAG = "llm_assets/force_retrain"
@@ -69,7 +68,7 @@ def recipe_of(context: AssetExecutionContext | AssetCheckExecutionContext) -> Re
     try:
         return load_recipe(context.partition_key)
     except RecipeError as e:
-        raise Failure(description=str(e)) from None
+        raise Failure(description=str(e), allow_retries=False) from None
 
 
 def forced(context: AssetExecutionContext, config: TrainingConfig) -> bool:
@@ -80,7 +79,8 @@ def forced(context: AssetExecutionContext, config: TrainingConfig) -> bool:
 class TrainingData:
     """The validated drops a recipe trains a stage on, and the identity of their de-duplicated rows."""
 
-    paths: dict[str, list[str]] = field(default_factory=dict)  # kind -> dataset.parquet of each drop used
+    paths: dict[str, list[str]] = field(default_factory=dict)  # kind -> dataset.parquet of each drop used (here)
+    refs: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # kind -> {key, version} of each (for a worker)
     digests: dict[str, str] = field(default_factory=dict)  # kind -> rows_digest of those drops
     used: dict[str, str] = field(default_factory=dict)  # "kind/drop" -> dataset version
     left_out: dict[str, str] = field(default_factory=dict)  # "kind/drop" -> why
@@ -90,7 +90,7 @@ def training_data(context: AssetExecutionContext, st: Store, kinds: tuple[str, .
     """Every drop of ``kinds`` whose dataset passed its checks and whose reject rate this recipe accepts."""
     out = TrainingData()
     for kind in kinds:
-        paths = []
+        paths, refs = [], []
         for drop in sorted(context.instance.get_dynamic_partitions(f"{kind}_drops")):
             key = dataset_key(kind, drop)
             if st.latest_version(key) is None:
@@ -102,11 +102,13 @@ def training_data(context: AssetExecutionContext, st: Store, kinds: tuple[str, .
                 continue
             art = st.get(key)
             paths.append(str(art.file("dataset.parquet")))
+            refs.append({"key": key, "version": art.version})
             out.used[f"{kind}/{drop}"] = art.version
         if not paths:
             raise Failure(description=f"recipe '{recipe.name}': no usable {kind} drop to train on: land a file in the {kind} "
-                                      f"landing folder and materialize {kind}_dataset" + _left_out_line(out.left_out, kind))
-        out.paths[kind], out.digests[kind] = paths, rows_digest(paths)
+                                      f"landing folder and materialize {kind}_dataset" + _left_out_line(out.left_out, kind),
+                          allow_retries=False)
+        out.paths[kind], out.refs[kind], out.digests[kind] = paths, refs, rows_digest(paths)
     for drop, why in out.left_out.items():
         context.log.warning(f"{drop} left out for recipe '{recipe.name}': {why}")
     return out
@@ -132,49 +134,59 @@ def metadata_of(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def train(context: AssetExecutionContext, recipe: Recipe, stage: Stage, store: ArtifactStore, launcher: TrainingLauncher,
-          config: TrainingConfig, extra_inputs: dict[str, str] | None = None) -> MaterializeResult:
-    """Resolve the stage's inputs from the table, reuse the version trained from the same identity, or launch and commit."""
+          hub: HubClient, config: TrainingConfig) -> MaterializeResult:
+    """Resolve the stage's inputs from the table, reuse the version trained from the same identity, or send a worker a
+    work order (store keys and versions) and record the version it committed. No model bytes pass through this step."""
     st = store.open()
     parents = {role: model_key(parent, recipe.name) for role, parent in stage.inputs(recipe).items()}
     refuse_failed_gates(st, parents)
-    artifacts = {role: st.get(key) for role, key in parents.items()}
+    versions = {role: _current_version(st, key) for role, key in parents.items()}
     data = training_data(context, st, stage.data_kinds(recipe), recipe)
-    inputs = {**{f"data/{k}": d for k, d in data.digests.items()}, **{role: a.version for role, a in artifacts.items()}}
+    inputs = {**{f"data/{k}": d for k, d in data.digests.items()}, **versions}
     code_version = context.assets_def.code_versions_by_key[context.asset_key] or ""
     fingerprint = stage.fingerprint(recipe, inputs, code_version, {"eval_limit": config.eval_limit})
     key = model_key(stage.name, recipe.name)
     known, force = st.record(key, fingerprint), forced(context, config)
     if known is not None and st.has_version(key, known["version"]) and not force:
         return reuse(context, st, key, known, data)
-    checkpoints = launcher.checkpoints() / stage.name / recipe.name / fingerprint
-    if force:
-        shutil.rmtree(checkpoints, ignore_errors=True)
-        context.log.info(f"{key}: retraining as asked (force_retrain), from no checkpoint")
-    work = Path(tempfile.mkdtemp(prefix=f"{stage.name}-", dir=_ensure(default_data_dir() / "work")))
-    spec = StageSpec(stage=stage.name, recipe=recipe.model_dump(mode="json"), output_dir=str(work / "out"),
-                     inputs={**{r: str(a.path) for r, a in artifacts.items()}, **(extra_inputs or {})},
-                     datasets=data.paths, checkpoint_dir=str(checkpoints), options={"eval_limit": config.eval_limit})
-    cache = None
+    order = WorkOrder(stage=stage.name, recipe=recipe.model_dump(mode="json"), store=store_settings(store), output_key=key,
+                      fingerprint=fingerprint, inputs={r: {"key": parents[r], "version": v} for r, v in versions.items()},
+                      datasets=data.refs, options={"eval_limit": config.eval_limit},
+                      hub=hub_order(recipe, hub) if stage.name == "base" else None)
     if stage.name in CACHED_STAGES:
-        cache = cache_key(stage.name, data.digests, tokenizer_digest(artifacts["model"].manifest.files),
+        cache = cache_key(stage.name, data.digests, tokenizer_digest(st.manifest(parents["model"], versions["model"]).files),
                           recipe.data.chat_template, recipe.data.max_length, recipe.data.truncation)
-        if st.latest_version(cache) is not None:
-            spec.inputs["tokens"] = str(st.get(cache).path)
-        else:
-            spec.options["tokens_out"] = str(work / "tokens")
-    try:
-        metrics = launcher.run(context, spec)
-        manifest = st.commit(key, work / "out", {"stage": stage.name, "recipe": recipe.name})
-    finally:
-        if cache and (work / "tokens" / TOKENS_FILE).exists():  # kept even when training failed: it is valid
-            st.commit(cache, work / "tokens", {"stage": stage.name, "inputs": data.digests})
-        shutil.rmtree(work, ignore_errors=True)
-    shutil.rmtree(checkpoints, ignore_errors=True)  # finished: nothing left to resume
-    record = {"version": manifest.version, "fingerprint": fingerprint, "stage": stage.name, "recipe_hash": recipe.recipe_hash,
-              "inputs": inputs, "drops_used": data.used, "drops_left_out": data.left_out, "metrics": metrics,
+        order.tokens = {"key": cache, "version": st.latest_version(cache)}
+    if force:
+        st.delete_key(order.checkpoints_key)
+        context.log.info(f"{key}: retraining as asked (force_retrain), from no checkpoint")
+    result = launcher.run(context, order, st)
+    st.set_latest(key, result["version"])
+    record = {"version": result["version"], "fingerprint": fingerprint, "stage": stage.name, "recipe_hash": recipe.recipe_hash,
+              "inputs": inputs, "drops_used": data.used, "drops_left_out": data.left_out, "metrics": result["metrics"],
               "run_id": context.run_id, "trained_at": time.time()}
     st.put_record(key, fingerprint, record)
-    return stored_result(st, key, record, **({"tokens_cache": cache} if cache else {}))
+    return stored_result(st, key, record, **({"tokens_cache": order.tokens["key"]} if order.tokens else {}))
+
+
+def _current_version(st: Store, key: str) -> str:
+    version = st.latest_version(key)
+    if version is None:
+        raise Failure(description=f"{key} has never been committed (store {st.root}): materialize it first", allow_retries=False)
+    return version
+
+
+def store_settings(store: ArtifactStore) -> StoreSettings:
+    """How a worker opens the same store: its root and S3 endpoint, never credentials (the worker has its own)."""
+    return StoreSettings(root=store.root, s3_endpoint=store.s3.endpoint_url, region=store.s3.region_name)
+
+
+def hub_order(recipe: Recipe, hub: HubClient) -> dict[str, Any] | None:
+    """What the base worker needs to snapshot a hub model itself (its token comes from its own environment)."""
+    if recipe.model.base.startswith("builtin:"):
+        return None
+    return {"repo": recipe.model.base, "revision": recipe.model.revision, "endpoint": hub.endpoint,
+            "offline": hub.offline, "timeout_s": hub.timeout_s}
 
 
 def refuse_failed_gates(st: Store, parents: dict[str, str]) -> None:
@@ -183,7 +195,8 @@ def refuse_failed_gates(st: Store, parents: dict[str, str]) -> None:
         gate = (st.record(key) or {}).get("gate") or {}
         if gate.get("passed") is False:
             raise Failure(description=f"{key} failed its gate {gate['check']} ({gate['reason']}); fix it and materialize "
-                                      f"it again (or re-run the check after a threshold edit) before training on it")
+                                      f"it again (or re-run the check after a threshold edit) before training on it",
+                          allow_retries=False)
 
 
 def reuse(context: AssetExecutionContext, st: Store, key: str, record: dict[str, Any], data: TrainingData) -> MaterializeResult:
@@ -222,15 +235,20 @@ def passthrough(context: AssetExecutionContext, recipe: Recipe, stage: Stage, st
                              metadata={"passthrough": True, "passthrough_of": source, "why": why, "recipe_hash": recipe.recipe_hash})
 
 
-def _ensure(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def training_retry_policy() -> RetryPolicy | None:
+    """A worker killed or evicted (a preempted GPU node, an OOM-killed pod) is started again after a growing delay and
+    resumes from its last stored checkpoint; a failure it reported itself (bad data, a recipe the model cannot run)
+    raises ``Failure(allow_retries=False)`` and is not retried. ``LLM_ASSETS_TRAINING_RETRIES`` (default 2) and
+    ``LLM_ASSETS_TRAINING_RETRY_DELAY_S`` (default 30, doubling) tune it; 0 retries turns it off."""
+    retries = int(os.environ.get("LLM_ASSETS_TRAINING_RETRIES", "2"))
+    delay = float(os.environ.get("LLM_ASSETS_TRAINING_RETRY_DELAY_S", "30"))
+    return RetryPolicy(max_retries=retries, delay=delay, backoff=Backoff.EXPONENTIAL) if retries > 0 else None
 
 
 def build_model_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDefinition]:
     """One asset per row of the stage table: deps, description and body all come from the row."""
     common = dict(partitions_def=partitions, group_name="models", pool="training", kinds={"pytorch", "huggingface"},
-                  automation_condition=on_change(), code_version="2")
+                  automation_condition=on_change(), code_version="2", retry_policy=training_retry_policy())
 
     def model_asset(stage: Stage) -> AssetsDefinition:
         deps = ["recipe", *(STAGES[p].asset for p in stage.parents),
@@ -242,23 +260,11 @@ def build_model_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDef
             recipe = recipe_of(context)
             if not stage.active(recipe):
                 return passthrough(context, recipe, stage, store)
-            return train(context, recipe, stage, store, launcher, config, base_snapshot(recipe, hub) if stage.name == "base" else None)
+            return train(context, recipe, stage, store, launcher, hub, config)
 
         return model
 
     return [model_asset(s) for s in STAGES.values()]
-
-
-def base_snapshot(recipe: Recipe, hub: HubClient) -> dict[str, str]:
-    """A hub recipe's base: the snapshot at its pinned revision, checked against the recipe's architecture."""
-    if recipe.model.base.startswith("builtin:"):
-        return {}
-    try:
-        snapshot = hub.snapshot(recipe.model.base, recipe.model.revision)
-        check_architecture(snapshot, recipe.model.architecture, recipe.model.base)
-    except HubError as e:
-        raise Failure(description=str(e)) from None
-    return {"snapshot": str(snapshot)}
 
 
 def build_gate_checks(partitions: StaticPartitionsDefinition) -> list[AssetChecksDefinition]:

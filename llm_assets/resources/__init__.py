@@ -20,6 +20,6 @@ def default_resources() -> dict[str, object]:
     return {
         "store": ArtifactStore(root=default_store_root(), s3=s3),
         "landing": LandingZone(root=default_landing_root(), s3=s3),
-        "launcher": TrainingLauncher(checkpoint_root=os.environ.get("LLM_ASSETS_CHECKPOINTS") or None),
+        "launcher": TrainingLauncher(),
         "hub": HubClient(token=os.environ.get("HF_TOKEN") or None, cache_dir=os.environ.get("HF_HUB_CACHE") or None),
     }

@@ -1,19 +1,19 @@
-"""TrainingLauncher: runs a training stage out of process through Dagster Pipes.
+"""TrainingLauncher: starts a training worker through Dagster Pipes and reads back what it committed.
 
-One process: ``python -m llm_assets.training STAGE --spec spec.json``; ``distributed.processes > 1``:
-``torchrun --standalone --nproc-per-node N -m llm_assets.training ...`` (rank 0 talks to Dagster).
-The child's logs stream into the run log; its final metrics come back as a Pipes message. A child
-that fails or is killed fails the materialization with its error.
+The worker (``python -m llm_assets.training STAGE``; ``torchrun --standalone --nproc-per-node N -m
+llm_assets.training STAGE`` when ``distributed.processes > 1``) gets its work order as Pipes extras and
+shares nothing with this process but the artifact store: it runs in a fresh directory, and its result or
+error comes back through the store (a Pipes message can arrive torn). Its logs stream into the run log.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,54 +30,65 @@ from dagster import (
 )
 from pydantic import Field
 
-from llm_assets.paths import default_data_dir, project_root
+from llm_assets.artifacts import Store
+from llm_assets.recipes import Recipe
 from llm_assets.training.hardware import training_thread_env
-from llm_assets.training.spec import StageSpec
-
+from llm_assets.training.order import ORDER_EXTRA, WorkOrder
 
 CHILD_STOP_SECONDS = 20  # how long an interrupted child may take to stop before it is killed (Dagster's default)
+TRAINING_STAGES = ("cpt", "sft", "reward", "rlhf")
 
 
 class TrainingLauncher(ConfigurableResource):
     python: str = Field(default_factory=lambda: sys.executable, description="Interpreter for the training process.")
-    checkpoint_root: str | None = Field(None, description="Where runs checkpoint (default: <data dir>/checkpoints); must survive a killed run.")
     extra_env: dict[str, str] = Field(default_factory=dict, description="Environment added to the training process.")
 
-    def checkpoints(self) -> Path:
-        return Path(self.checkpoint_root) if self.checkpoint_root else default_data_dir() / "checkpoints"
-
-    def command(self, spec: StageSpec, spec_path: Path) -> list[str]:
-        processes = launched_processes(spec)
-        entry = ["-m", "llm_assets.training", spec.stage, "--spec", str(spec_path)]
+    def command(self, stage: str, processes: int) -> list[str]:
+        entry = ["-m", "llm_assets.training", stage]
         if processes > 1:
             torchrun = Path(self.python).with_name("torchrun")
             launcher = [str(torchrun)] if torchrun.exists() else [self.python, "-m", "torch.distributed.run"]
             return [*launcher, "--standalone", f"--nproc-per-node={processes}", *entry]
         return [self.python, *entry]
 
-    def run(self, context: AssetExecutionContext, spec: StageSpec) -> dict[str, Any]:
-        """Launch the stage and return its final metrics."""
-        out = Path(spec.output_dir)
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        spec_path = spec.save(out.parent / f"{out.name}.spec.json")
-        env = child_env(self.extra_env, launched_processes(spec))
-        command = self.command(spec, spec_path)
+    def run(self, context: AssetExecutionContext, order: WorkOrder, store: Store) -> dict[str, Any]:
+        """Launch the worker and return its result ({version, metrics}) as it left it in the store."""
+        for path in (order.result_path, order.error_path):  # a previous attempt's, not this one's
+            store.delete(path)
+        processes = launched_processes(order.stage, Recipe.model_validate(order.recipe))
+        command = self.command(order.stage, processes)
         context.log.info(f"launching {' '.join(command)}")
-        returncode, invocation = run_pipes_process(context, command, env)
-        if returncode != 0:
-            raise child_failure(spec, returncode)
-        if spec.metrics_path.exists():  # the stage's own record; a Pipes message can arrive torn
-            return json.loads(spec.metrics_path.read_text())
-        results = [m["metrics"] for m in invocation.get_custom_messages() if isinstance(m, dict) and "metrics" in m]
-        if not results:
-            raise Failure(description=f"the {spec.stage} process exited without reporting its metrics; see its log above")
-        return results[-1]
+        workdir = Path(tempfile.mkdtemp(prefix=f"llm-assets-{order.stage}-"))  # the worker shares no directory with us
+        try:
+            returncode, _ = run_pipes_process(context, command, child_env(self.extra_env, processes),
+                                              extras={ORDER_EXTRA: order.to_dict()}, cwd=workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return worker_result(order, store, returncode)
 
 
-def launched_processes(spec: StageSpec) -> int:
+def worker_result(order: WorkOrder, store: Store, returncode: int | None) -> dict[str, Any]:
+    """The committed result, or the Failure that says why there is none. A worker that reported its own error failed for
+    a reason a retry cannot change (bad data, a recipe the model cannot run): that failure is not retried. A worker
+    that was killed or evicted is, and resumes from its last stored checkpoint."""
+    error = store.read_json(order.error_path)
+    if error is not None:
+        raise Failure(description=f"the {order.stage} stage failed: {error['error']}", allow_retries=False,
+                      metadata={"traceback": MetadataValue.md(f"```\n{error['traceback'][-6000:]}\n```")})
+    result = store.read_json(order.result_path)
+    if result is not None and returncode in (0, None) and store.has_version(order.output_key, result["version"]):
+        return result
+    if returncode is not None and returncode < 0:
+        sig = signal.Signals(-returncode).name
+        raise Failure(description=f"the {order.stage} worker was killed by {sig}; a retry (or the next materialization) "
+                                  "resumes from its last stored checkpoint")
+    raise Failure(description=f"the {order.stage} worker ended (exit status {returncode}) without committing a result or "
+                              "reporting an error; see its output above")
+
+
+def launched_processes(stage: str, recipe: Recipe) -> int:
     """How many training processes the stage runs as: the recipe's ``distributed.processes`` for a training stage, else one."""
-    return spec.parsed_recipe.distributed.processes if spec.stage in ("cpt", "sft", "reward", "rlhf") else 1
+    return recipe.distributed.processes if stage in TRAINING_STAGES else 1
 
 
 def child_env(extra_env: Mapping[str, str], processes: int) -> dict[str, str]:
@@ -93,7 +104,8 @@ def child_env(extra_env: Mapping[str, str], processes: int) -> dict[str, str]:
             **training_thread_env(processes), **extra_env}
 
 
-def run_pipes_process(context: AssetExecutionContext, command: list[str], env: dict[str, str]) -> tuple[int, PipesClientCompletedInvocation]:
+def run_pipes_process(context: AssetExecutionContext, command: list[str], env: dict[str, str],
+                      extras: Mapping[str, Any] | None = None, cwd: Path | None = None) -> tuple[int, PipesClientCompletedInvocation]:
     """``PipesSubprocessClient.run`` that hands back the exit status instead of raising on a non-zero one.
 
     Its error, DagsterPipesExecutionError, is not exported by Dagster 1.13 (only ``dagster._core.errors``
@@ -101,8 +113,8 @@ def run_pipes_process(context: AssetExecutionContext, command: list[str], env: d
     An interrupted run (terminated from the UI) sends the child SIGINT first, as that client does.
     """
     with open_pipes_session(context=context, context_injector=PipesTempFileContextInjector(),
-                            message_reader=PipesTempFileMessageReader()) as session:
-        process = subprocess.Popen(command, cwd=str(project_root()), env={**os.environ, **env, **session.get_bootstrap_env_vars()})
+                            message_reader=PipesTempFileMessageReader(), extras=extras) as session:
+        process = subprocess.Popen(command, cwd=str(cwd) if cwd else None, env={**os.environ, **env, **session.get_bootstrap_env_vars()})
         try:
             returncode = process.wait()
         except BaseException:
@@ -113,19 +125,6 @@ def run_pipes_process(context: AssetExecutionContext, command: list[str], env: d
                 process.kill()
             raise
     return returncode, PipesClientCompletedInvocation(session)
-
-
-def child_failure(spec: StageSpec, returncode: int) -> Failure:
-    """The child's own error (left by ``llm_assets.training``), or how it died when it could not say."""
-    path = spec.error_path
-    if path.exists():
-        err = json.loads(path.read_text())
-        return Failure(description=f"the {spec.stage} stage failed: {err['error']}",
-                       metadata={"traceback": MetadataValue.md(f"```\n{err['traceback'][-6000:]}\n```")})
-    if returncode < 0:
-        sig = signal.Signals(-returncode).name
-        return Failure(description=f"the {spec.stage} process was killed by {sig}; materialize again to resume from its last checkpoint")
-    return Failure(description=f"the {spec.stage} process failed without reporting an error (exit status {returncode}); see its output above")
 
 
 def _has_cuda() -> bool:

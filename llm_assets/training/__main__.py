@@ -1,14 +1,13 @@
-"""``python -m llm_assets.training STAGE --spec spec.json``: the process Dagster Pipes launches.
+"""``python -m llm_assets.training STAGE``: the training worker Dagster Pipes launches (subprocess, torchrun, pod, task).
 
-Under Pipes (DAGSTER_PIPES_* in the environment) logs and the final metrics go to the Dagster
-run; otherwise they are printed, so a stage can be run and debugged from a shell. Under torchrun
-only rank 0 talks to Dagster.
+Launched by Dagster, it reads its work order from the Pipes extras (store keys and versions, no paths), and
+rank 0 streams logs and the result back through Pipes. ``--spec spec.json`` runs a stage on local directories
+instead (a ``StageSpec``): from a shell, a benchmark or a debugger, printing what it would report.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -19,12 +18,30 @@ from llm_assets.training.report import Reporter
 from llm_assets.training.spec import STAGES, StageSpec
 
 
-def run_stage(stage: str, spec: StageSpec, reporter: Reporter) -> dict:
-    module = importlib.import_module(f"llm_assets.training.{'evaluate_stage' if stage == 'evaluate' else stage}")
-    return module.run(spec, reporter)
+def load_order(stage: str):
+    """The work order in this process's Pipes context. Every rank reads it (torchrun passes the environment on);
+    only rank 0 opens the message channel."""
+    from dagster_pipes import PipesDefaultContextLoader, PipesEnvVarParamsLoader
+
+    from llm_assets.training.order import ORDER_EXTRA, WorkOrder
+
+    with PipesDefaultContextLoader().load_context(PipesEnvVarParamsLoader().load_context_params()) as data:
+        extras = data.get("extras") or {}
+    if ORDER_EXTRA not in extras:
+        raise SystemExit(f"the Pipes context carries no work order (extras key {ORDER_EXTRA!r}); "
+                         "launch this stage from Dagster, or run it on local directories with --spec")
+    order = WorkOrder.from_dict(extras[ORDER_EXTRA])
+    if order.stage != stage:
+        raise SystemExit(f"the work order is for stage {order.stage!r}, not {stage!r}")
+    return order
 
 
-def _run_reporting_errors(stage: str, spec: StageSpec, reporter: Reporter) -> dict:
+def run_spec(stage: str, path: str, reporter: Reporter) -> dict:
+    from llm_assets.training.worker import run_stage
+
+    spec = StageSpec.load(path)
+    if spec.stage != stage:
+        raise SystemExit(f"the spec is for stage {spec.stage!r}, not {stage!r}")
     try:
         return run_stage(stage, spec, reporter)
     except BaseException as e:
@@ -36,25 +53,27 @@ def _run_reporting_errors(stage: str, spec: StageSpec, reporter: Reporter) -> di
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llm_assets.training", description=__doc__)
     parser.add_argument("stage", choices=STAGES)
-    parser.add_argument("--spec", required=True, help="Path of the stage spec JSON written by the orchestrator.")
+    parser.add_argument("--spec", help="Run on local directories from this StageSpec JSON instead of a Pipes work order.")
     args = parser.parse_args(argv)
-    spec = StageSpec.load(args.spec)
-    if spec.stage != args.stage:
-        parser.error(f"the spec is for stage {spec.stage!r}, not {args.stage!r}")
     warnings.filterwarnings("ignore", category=FutureWarning)
     import datasets
 
     datasets.disable_progress_bars()
-    under_pipes = "DAGSTER_PIPES_CONTEXT" in os.environ and int(os.environ.get("RANK", "0")) == 0
-    if under_pipes:
-        from dagster_pipes import open_dagster_pipes
+    if args.spec:
+        Reporter().result(run_spec(args.stage, args.spec, Reporter()))
+        return 0
+    from llm_assets.training.worker import is_rank0, run_order
 
-        with open_dagster_pipes() as pipes:
-            reporter = Reporter(pipes)
-            reporter.result(_run_reporting_errors(args.stage, spec, reporter))
-    else:
-        reporter = Reporter()
-        reporter.result(_run_reporting_errors(args.stage, spec, reporter))
+    order = load_order(args.stage)
+    if not is_rank0():
+        run_order(order, Reporter())
+        return 0
+    from dagster_pipes import open_dagster_pipes
+
+    with open_dagster_pipes() as pipes:
+        reporter = Reporter(pipes)
+        result = run_order(order, reporter)
+        reporter.result({"version": result["version"], **result["metrics"]})
     return 0
 
 

@@ -13,6 +13,7 @@ import torch
 
 from llm_assets.paths import project_root
 from llm_assets.recipes import Recipe, TrainGroup
+from llm_assets.training.checkpoints import StoreCheckpoints
 from llm_assets.training.hardware import Hardware, choose
 from llm_assets.training.packing import score_trainable_positions_only
 from llm_assets.training.spec import StageSpec, beside
@@ -46,12 +47,21 @@ def last_complete_checkpoint(directory: str | None) -> str | None:
     return str(max(done)[1]) if done else None
 
 
-def train_resuming(trainer, reporter, stage: str):
-    """``trainer.train()``, from the last complete checkpoint a killed run of the same spec left."""
-    resume = last_complete_checkpoint(trainer.args.output_dir)
+def train_resuming(trainer, reporter, spec: StageSpec):
+    """``trainer.train()``, from the newest complete checkpoint a killed run of the same training left: in the store when
+    the spec names one (a worker on any node resumes it), else in the local checkpoint directory."""
+    mirror = StoreCheckpoints.from_settings(spec.checkpoint_store)
+    resume = label = None
+    if mirror is not None:
+        newest = mirror.newest()
+        if newest:
+            resume, label = newest[1], f"checkpoint-{newest[0]} in {mirror.store.root}/{mirror.key}"
+        trainer.add_callback(mirror.callback(reporter))
+    else:
+        resume = label = last_complete_checkpoint(trainer.args.output_dir)
     if resume:
-        reporter.log(f"[{stage}] resuming from {resume}")
-    return trainer.train(resume_from_checkpoint=resume), resume
+        reporter.log(f"[{spec.stage}] resuming from {label}")
+    return trainer.train(resume_from_checkpoint=resume), label
 
 
 def trainer_args(group: TrainGroup, spec: StageSpec, hw: Hardware, **extra: Any) -> dict[str, Any]:

@@ -31,7 +31,7 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     callback = LogCallback(reporter, "cpt")
     trainer = SFTTrainer(model=model, args=args, train_dataset=text_dataset(train), processing_class=tok, callbacks=[callback])
     trainer = quiet(use_packing_collator(trainer, tok, hw) if recipe.data.packing else trainer)
-    result, resume = train_resuming(trainer, reporter, "cpt")
+    result, resume = train_resuming(trainer, reporter, spec)
     if not save_trained(trainer, tok, spec.output_dir):
         return {}
 

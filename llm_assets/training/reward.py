@@ -51,7 +51,7 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     callback = LogCallback(reporter, "reward")
     trainer = quiet(RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
                                   peft_config=lora_config(recipe, "SEQ_CLS") if recipe.sft.method != "full" else None, callbacks=[callback]))
-    result, resume = train_resuming(trainer, reporter, "reward")
+    result, resume = train_resuming(trainer, reporter, spec)
     if not save_trained(trainer, tok, spec.output_dir, merge_adapter=True):
         return {}
 

@@ -99,7 +99,7 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
                           processing_class=tok, reward_processing_classes=tok, peft_config=peft, callbacks=[callback])
     quiet(trainer)
     reporter.log(f"[rlhf] {g.algorithm} on {len(train)} prompts, beta {g.beta}, {hw.why}")
-    result, resume = train_resuming(trainer, reporter, "rlhf")
+    result, resume = train_resuming(trainer, reporter, spec)
     if not save_trained(trainer, tok, spec.output_dir, merge_adapter=True):
         return {}
     final = load_causal_lm(spec.output_dir)

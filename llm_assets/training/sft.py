@@ -130,7 +130,7 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     tokens, tokenization = tokenized(spec, train, tok, recipe, reporter)
     callback = LogCallback(reporter, "sft")
     trainer = make_trainer(spec, hw, tokens, tok, [callback])
-    result, resume = train_resuming(trainer, reporter, "sft")
+    result, resume = train_resuming(trainer, reporter, spec)
     trainable = parameter_count(trainer.model, trainable_only=True)
     if not save_trained(trainer, tok, spec.output_dir):
         return {}

@@ -1,4 +1,6 @@
-"""What the orchestrator hands a training process: one JSON file, no Dagster types."""
+"""What a stage module runs on: local directories (the worker resolves a ``WorkOrder``'s store keys into one), no Dagster types.
+
+``python -m llm_assets.training STAGE --spec spec.json`` runs one from a shell, a benchmark or a debugger."""
 
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ class StageSpec:
     stage: str
     recipe: dict[str, Any]
     output_dir: str
-    inputs: dict[str, str] = field(default_factory=dict)  # role -> local model directory (parent, reward, reference)
+    inputs: dict[str, str] = field(default_factory=dict)  # role -> local model directory (model, reward, snapshot, tokens)
     datasets: dict[str, list[str]] = field(default_factory=dict)  # kind -> dataset.parquet paths (one per drop)
-    checkpoint_dir: str | None = None
+    checkpoint_dir: str | None = None  # the Trainer's local scratch for checkpoints
+    checkpoint_store: dict[str, Any] | None = None  # {root, s3_endpoint, region, key}: checkpoints kept in the artifact store
     options: dict[str, Any] = field(default_factory=dict)  # test/benchmark knobs (eval_limit, ...)
 
     @property
