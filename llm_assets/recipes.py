@@ -199,9 +199,16 @@ class DistributedGroup(Group):
 
 
 class ResourcesGroup(Group):
-    gpus: int = Field(0, ge=0)
+    """Where and on what a recipe's stages run; never part of a model's identity (stages.py reads none of it)."""
+
+    gpus: int = Field(0, ge=0, description="GPUs of one training worker (a pod's nvidia.com/gpu limit, an ECS task's GPU count).")
     gpu_memory_gb: float | None = Field(None, gt=0, description="Memory of one GPU; the memory estimate must fit in it.")
-    memory_gb: float | None = Field(None, gt=0)
+    memory_gb: float | None = Field(None, gt=0, description="Host memory ceiling of a worker (a pod's memory limit, an ECS "
+                                    "container's hard limit); its request comes from the memory estimate.")
+    cpus: float | None = Field(None, gt=0, description="CPU cores of a worker; None: 4 per training process.")
+    launcher: Literal["subprocess", "k8s", "ecs"] | None = Field(
+        None, description="Where the stages run: a local subprocess, a Kubernetes pod or an ECS task; None: the launcher "
+        "resource's own default.")
 
 
 class TrackingGroup(Group):
