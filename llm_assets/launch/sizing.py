@@ -2,10 +2,10 @@
 
 One answer for every launcher, so a Kubernetes pod and an ECS task of the same stage ask for the same machine.
 
-- GPUs: a training stage (cpt, sft, reward, rlhf) gets the recipe's ``resources.gpus``: it runs
-  ``distributed.processes`` ranks, one per GPU. ``base``, ``quantize`` and ``evaluate`` run one process that
-  loads one model for inference or a merge, so they get one GPU of the recipe's kind (none when it has none):
-  a pod holding eight GPUs for an evaluation would idle seven.
+- GPUs: the memory estimate's ``gpus`` for the stage, the one place that decides them: a training stage (cpt, sft,
+  reward, rlhf) gets the recipe's ``resources.gpus`` (``distributed.processes`` ranks, one per GPU); ``base``,
+  ``quantize`` and ``evaluate`` run one process that loads one model, so one GPU (none for a CPU recipe): a pod
+  holding eight GPUs for an evaluation would idle seven.
 - Host memory: the request is the estimate's ``host_gb`` (what the process needs, so the scheduler places it on a
   node that has it); the limit is the recipe's ``resources.memory_gb`` when set, which must leave room for the
   estimate and ``/dev/shm`` (a memory-backed volume is charged to the worker's memory).
@@ -62,11 +62,11 @@ def worker_size(recipe: Recipe, stage: str, shm_gb: float | None = None) -> Work
         raise ValueError(f"no worker for stage {stage!r}; stages are {', '.join(WORKER_STAGES)}")
     processes = worker_processes(recipe, stage)
     res = recipe.resources
-    gpus = res.gpus if stage in TRAINING_STAGES else min(res.gpus, 1)
+    memory = stage_memory(recipe, stage)
+    gpus = memory.gpus
     if gpus and processes > gpus:
         raise ValueError(f"{where}: distributed.processes is {processes} but resources.gpus is {res.gpus}: "
                          "a worker runs one process per GPU; make them equal")
-    memory = stage_memory(recipe, stage)
     shm = SHM_GB_PER_PROCESS * processes if shm_gb is None else shm_gb
     if res.memory_gb is not None and res.memory_gb < memory.host_gb + shm:
         raise ValueError(f"{where}: resources.memory_gb = {res.memory_gb:g} leaves no room for the {stage} stage: "
