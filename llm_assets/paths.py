@@ -28,3 +28,10 @@ def default_landing_root() -> str:
 
 def default_store_root() -> str:
     return os.environ.get("LLM_ASSETS_STORE", str(default_data_dir() / "store"))
+
+
+def worker_cache_dir() -> Path:
+    """Where a training worker keeps artifacts fetched from the store between runs on its node: a cache, deleting it only
+    costs downloads. Under its own HOME, not the project's data directory, which a worker on another node does not have."""
+    env = os.environ.get("LLM_ASSETS_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "llm_assets" / "artifacts"

@@ -13,6 +13,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from llm_assets.artifacts import Manifest, Store, open_store
+from llm_assets.paths import worker_cache_dir
 
 KEEP = 2  # complete checkpoints kept in the store (the Trainer's save_total_limit)
 
@@ -26,7 +27,8 @@ class StoreCheckpoints:
         """From a StageSpec's ``checkpoint_store`` ({root, s3_endpoint, region, key}); None when it has none."""
         if not settings:
             return None
-        return cls(open_store(settings["root"], settings.get("s3_endpoint"), settings.get("region")), settings["key"])
+        store = open_store(settings["root"], settings.get("s3_endpoint"), settings.get("region"), worker_cache_dir())
+        return cls(store, settings["key"])
 
     def complete(self) -> list[Manifest]:
         """Committed checkpoints, oldest step first."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_assets.artifacts import Store, open_store
+from llm_assets.paths import worker_cache_dir
 from llm_assets.tokens_cache import TOKENS_FILE
 from llm_assets.training.models import ADAPTER_CONFIG, adapter_base, is_adapter
 from llm_assets.training.order import WorkOrder
@@ -30,12 +31,6 @@ REF_SCHEME = "llm-assets://"  # an adapter names its base as llm-assets://<key>@
 def run_stage(stage: str, spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     module = importlib.import_module(f"llm_assets.training.{'evaluate_stage' if stage == 'evaluate' else stage}")
     return module.run(spec, reporter)
-
-
-def cache_dir() -> Path:
-    """Where fetched artifacts are kept between runs on this node (a cache: deleting it only costs downloads)."""
-    env = os.environ.get("LLM_ASSETS_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "llm_assets" / "artifacts"
 
 
 def is_rank0() -> bool:
@@ -128,7 +123,7 @@ def prepare(order: WorkOrder, store: Store, scratch: Path) -> tuple[StageSpec, I
 
 def run_order(order: WorkOrder, reporter: Reporter) -> dict[str, Any]:
     """Run the order and commit its output; returns {version, metrics}. Its error is left at ``order.error_path``."""
-    store = open_store(order.store.root, order.store.s3_endpoint, order.store.region, cache_dir())
+    store = open_store(order.store.root, order.store.s3_endpoint, order.store.region, worker_cache_dir())
     root = os.environ.get("LLM_ASSETS_SCRATCH")
     scratch = Path(tempfile.mkdtemp(prefix=f"llm-assets-{order.stage}-", dir=root and Path(root)))
     try:
@@ -144,6 +139,7 @@ def run_order(order: WorkOrder, reporter: Reporter) -> dict[str, Any]:
         store.put_json(order.result_path, result)
         if order.checkpoints:
             store.delete_key(order.checkpoints_key)  # committed: nothing left to resume
+            shutil.rmtree(worker_cache_dir() / order.checkpoints_key, ignore_errors=True)
         reporter.log(f"[{order.stage}] committed {order.output_key} version {manifest.version[:12]} ({manifest.total_bytes:,} bytes)")
         return result
     except BaseException as e:

@@ -1,0 +1,109 @@
+"""Training workers that share nothing with Dagster but an S3 store (moto on 127.0.0.1): each runs in an empty
+directory with its own HOME and cache, and a data directory that does not exist. A worker killed mid-SFT after its
+second checkpoint is retried by Dagster, on a "node" whose cache was wiped, and resumes from the S3 checkpoint."""
+
+import json
+import shutil
+import threading
+import time
+import uuid
+
+import boto3
+import psutil
+import pytest
+from dagster import AssetKey, DagsterInstance
+
+from llm_assets.demo import register_drops
+from llm_assets.demo_data import write_demo_drops
+from llm_assets.resources import default_resources
+from llm_assets.resources.launcher import TrainingLauncher
+from llm_assets_tests.helpers import write_recipe
+
+SFT = {"method": "lora", "max_steps": 40, "save_steps": 10, "logging_steps": 10}
+LORA = {"r": 8, "alpha": 16}
+
+
+@pytest.fixture
+def s3_graph(project_env, s3_endpoint, monkeypatch):
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    bucket = f"lake-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    for f in write_demo_drops(project_env / "demo", scale=0.1):
+        client.upload_file(str(f), bucket, f"landing/{f.parent.name}/{f.name}")
+    monkeypatch.setenv("LLM_ASSETS_LANDING", f"s3://{bucket}/landing")
+    monkeypatch.setenv("LLM_ASSETS_STORE", f"s3://{bucket}/store")
+    monkeypatch.setenv("LLM_ASSETS_S3_ENDPOINT", s3_endpoint)
+    monkeypatch.setenv("LLM_ASSETS_TRAINING_RETRIES", "1")
+    monkeypatch.setenv("LLM_ASSETS_TRAINING_RETRY_DELAY_S", "0")
+    monkeypatch.delenv("LLM_ASSETS_CACHE")  # a worker's cache is under its own HOME
+    recipes = project_env / "recipes"
+    write_recipe(recipes, sft=SFT, lora=LORA)
+    write_recipe(recipes, "straight", sft=SFT, lora=LORA)
+    monkeypatch.setenv("LLM_ASSETS_RECIPES_DIR", str(recipes))
+    worker_home = project_env / "worker_home"
+    launcher = TrainingLauncher(extra_env={"HOME": str(worker_home), "LLM_ASSETS_DATA_DIR": str(project_env / "no" / "such" / "dir")})
+    from llm_assets.definitions import build_definitions
+
+    defs = build_definitions({"launcher": launcher})
+    instance = DagsterInstance.get()
+    drops = register_drops(instance, default_resources()["landing"].open())
+    for kind, keys in drops.items():
+        for key in keys:
+            assert defs.resolve_job_def(f"{kind}_data_prep_job").execute_in_process(partition_key=key, instance=instance).success
+    return defs, instance, client, bucket, worker_home
+
+
+def _kill_sft_worker_after_two_stored_checkpoints(client, bucket, worker_home, stop, killed):
+    """Wait until two SFT checkpoints are committed in S3, kill -9 the worker, and wipe its node's cache."""
+    prefix = "store/checkpoints/models/sft/tiny/"
+    while not stop.is_set():
+        listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+        if sum(o["Key"].endswith("/MANIFEST.json") for o in listed) >= 2:
+            for proc in psutil.Process().children(recursive=True):
+                if "llm_assets.training" in " ".join(proc.cmdline()) and "sft" in proc.cmdline():
+                    proc.kill()
+                    proc.wait(10)
+                    shutil.rmtree(worker_home / ".cache", ignore_errors=True)
+                    killed.append(proc.pid)
+                    return
+        time.sleep(0.05)
+
+
+def _meta(instance, asset, partition):
+    from dagster import AssetRecordsFilter
+
+    [record] = instance.fetch_materializations(AssetRecordsFilter(AssetKey(asset), asset_partitions=[partition]), limit=1).records
+    return {k: v.value for k, v in record.asset_materialization.metadata.items()}
+
+
+def test_workers_share_only_the_s3_store_and_a_killed_one_resumes_on_a_fresh_node(s3_graph, project_env):
+    defs, instance, client, bucket, worker_home = s3_graph
+    job = defs.resolve_job_def("full_pipeline_job")
+    stop, killed = threading.Event(), []
+    watcher = threading.Thread(target=_kill_sft_worker_after_two_stored_checkpoints, args=(client, bucket, worker_home, stop, killed), daemon=True)
+    watcher.start()
+    result = job.execute_in_process(partition_key="tiny", instance=instance, raise_on_error=False)
+    stop.set()
+    assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert killed, "the SFT worker was not killed mid-run"
+    retried = [e.step_key for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert retried == ["sft_model"]  # the kill was retried by Dagster, in the same run
+    sft = _meta(instance, "sft_model", "tiny")
+    assert sft["steps"] == 40 and sft["resumed_from"].startswith("checkpoint-") and f"s3://{bucket}/store/checkpoints" in sft["resumed_from"]
+
+    # nothing of the run was left on the workers' side of the fence, and their checkpoints are gone from the store
+    assert not (project_env / "no").exists()
+    assert not client.list_objects_v2(Bucket=bucket, Prefix="store/checkpoints/").get("Contents")
+    # the SFT adapter names its base by store key and version, and a fresh cache loads it through the store
+    store = default_resources()["store"].open()
+    adapter = json.loads(store.read_file("models/sft/tiny", "adapter_config.json"))
+    assert adapter["base_model_name_or_path"] == f"llm-assets://models/cpt/tiny@{store.latest_version('models/cpt/tiny')}"
+    for later in ("reward_model", "rlhf_policy", "quantized_model"):  # each trained from the adapter in its own worker
+        assert _meta(instance, later, "tiny")["fingerprint"]
+
+    # the same recipe trained without interruption lands on the same eval loss
+    straight = job.execute_in_process(partition_key="straight", instance=instance, raise_on_error=False)
+    assert straight.success
+    uninterrupted = _meta(instance, "sft_model", "straight")
+    assert uninterrupted["resumed_from"] == ""
+    assert abs(uninterrupted["eval_loss"] - sft["eval_loss"]) < 1e-4
