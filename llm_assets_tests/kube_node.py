@@ -3,7 +3,8 @@ command as a local process with the pod's environment (``secretKeyRef``s resolve
 
 It serves what ``PipesK8sClient`` uses (create a pod, list it by name, follow its log with timestamps, delete it),
 so a worker launched through it really receives its Pipes context and really reports back through its log.
-Images, volumes and resources are not emulated: the pod spec itself is checked by test_launch_k8s.py.
+Images and resources are not emulated, and a volume is a directory of the node that the pod's environment
+variables pointing into its mount path are rewritten to; the pod spec itself is checked by test_launch_k8s.py.
 """
 
 from __future__ import annotations
@@ -23,9 +24,15 @@ class Pod:
         self.body = body
         container = body["spec"]["containers"][0]
         env = {"PATH": os.environ["PATH"], "HOME": str(workdir)}
+        mounts = {m["mountPath"]: str(workdir / "volumes" / m["name"]) for m in container.get("volumeMounts", [])}
         for var in container.get("env", []):
             ref = var.get("valueFrom", {}).get("secretKeyRef")
-            env[var["name"]] = secrets[ref["name"]][ref["key"]] if ref else var["value"]
+            value = secrets[ref["name"]][ref["key"]] if ref else var["value"]
+            for mount, local in mounts.items():  # a volume is a directory of this node's
+                if value == mount or value.startswith(mount + "/"):
+                    value = local + value[len(mount):]
+                    Path(local).mkdir(parents=True, exist_ok=True)
+            env[var["name"]] = value
         self.lines: list[tuple[str, str]] = []
         self.exit_code: int | None = None  # set once the process ended and all its output was read
         self.changed = threading.Condition()

@@ -3,15 +3,18 @@ directory with its own HOME and cache, and a data directory that does not exist.
 second checkpoint is retried by Dagster, on a "node" whose cache was wiped, and resumes from the S3 checkpoint."""
 
 import json
+import os
 import shutil
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import boto3
 import psutil
 import pytest
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetKey, DagsterInstance, asset, materialize
 
 from llm_assets.demo import register_drops
 from llm_assets.demo_data import write_demo_drops
@@ -107,3 +110,49 @@ def test_workers_share_only_the_s3_store_and_a_killed_one_resumes_on_a_fresh_nod
     uninterrupted = _meta(instance, "sft_model", "straight")
     assert uninterrupted["resumed_from"] == ""
     assert abs(uninterrupted["eval_loss"] - sft["eval_loss"]) < 1e-4
+
+
+def test_a_stage_runs_in_a_kubernetes_pod_that_shares_only_the_store(s3_graph, project_env, monkeypatch, s3_endpoint):
+    from llm_assets.definitions import build_definitions
+    from llm_assets.launch.k8s import K8sSettings
+    from llm_assets_tests.kube_node import KubeNode
+
+    defs, instance, client, bucket, _ = s3_graph
+    node = KubeNode(project_env / "node", secrets={"aws": {"id": "testing", "secret": "testing"}})
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")  # the image's `python`
+    try:
+        settings = K8sSettings(image="reg/llm-assets:cuda", namespace="training", load_incluster_config=False,
+                               kubeconfig_file=str(node.kubeconfig(project_env / "kubeconfig")), poll_interval_seconds=0.2,
+                               env={"AWS_DEFAULT_REGION": "us-east-1"},
+                               secret_env={"AWS_ACCESS_KEY_ID": "aws/id", "AWS_SECRET_ACCESS_KEY": "aws/secret"})
+        defs = build_definitions({"launcher": TrainingLauncher(kind="k8s", k8s=settings)})
+        job = defs.resolve_job_def("training_job").get_subset(asset_selection={AssetKey("base_model")})
+        result = job.execute_in_process(partition_key="tiny", instance=instance, raise_on_error=False)
+        assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        [(namespace, pod)] = node.created
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        assert namespace == "training" and pod["spec"]["containers"][0]["command"] == ["python", "-m", "llm_assets.training", "base"]
+        assert env["AWS_SECRET_ACCESS_KEY"] == {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "aws", "key": "secret"}}}
+        assert "testing" not in json.dumps(pod)  # no credential is written into the pod spec
+        store = default_resources()["store"].open()
+        assert store.record("models/base/tiny")["version"] == store.latest_version("models/base/tiny")
+        assert _meta(instance, "base_model", "tiny")["parameters"] > 0
+    finally:
+        node.stop()
+
+
+def test_a_remote_launcher_refuses_a_local_store(project_env, monkeypatch):
+    from llm_assets.launch.k8s import K8sSettings
+    from llm_assets.training.order import StoreSettings, WorkOrder
+
+    launcher = TrainingLauncher(kind="k8s", k8s=K8sSettings(image="reg/llm-assets"))
+    order = WorkOrder(stage="base", recipe={"name": "tiny"}, store=StoreSettings(root=str(project_env / "store")),
+                      output_key="models/base/tiny", fingerprint="f" * 16)
+
+    @asset
+    def base(context):
+        launcher.run(context, order, None)
+
+    result = materialize([base], raise_on_error=False)
+    message = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "cannot reach" in message and "LLM_ASSETS_STORE" in message

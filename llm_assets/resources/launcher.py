@@ -2,8 +2,10 @@
 
 The worker (``python -m llm_assets.training STAGE``; ``torchrun --standalone --nproc-per-node N -m
 llm_assets.training STAGE`` when ``distributed.processes > 1``) gets its work order as Pipes extras and
-shares nothing with this process but the artifact store: it runs in a fresh directory, and its result or
-error comes back through the store (a Pipes message can arrive torn). Its logs stream into the run log.
+shares nothing with this process but the artifact store: its result or error comes back through the store
+(a Pipes message can arrive torn); its logs stream into the run log. It runs as a subprocess in a fresh
+directory, in a Kubernetes pod (``PipesK8sClient``) or as an ECS task (``PipesECSClient``): the launcher's
+``kind``, or the recipe's ``resources.launcher``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from dagster import (
     AssetExecutionContext,
@@ -31,43 +33,74 @@ from dagster import (
 from pydantic import Field
 
 from llm_assets.artifacts import Store
+from llm_assets.launch.ecs import EcsSettings, run_ecs_worker
+from llm_assets.launch.k8s import K8sSettings, run_k8s_worker
+from llm_assets.launch.sizing import worker_processes
 from llm_assets.recipes import Recipe
 from llm_assets.training.hardware import training_thread_env
 from llm_assets.training.order import ORDER_EXTRA, WorkOrder
 
 CHILD_STOP_SECONDS = 20  # how long an interrupted child may take to stop before it is killed (Dagster's default)
-TRAINING_STAGES = ("cpt", "sft", "reward", "rlhf")
+# what a remote worker gets besides its pod's or task's own settings (threads follow the pod's cores there)
+REMOTE_ENV = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
 
 class TrainingLauncher(ConfigurableResource):
-    python: str = Field(default_factory=lambda: sys.executable, description="Interpreter for the training process.")
-    extra_env: dict[str, str] = Field(default_factory=dict, description="Environment added to the training process.")
+    kind: Literal["subprocess", "k8s", "ecs"] = Field("subprocess", description="Where workers run unless the recipe's "
+                                                      "resources.launcher says otherwise (LLM_ASSETS_LAUNCHER).")
+    python: str = Field(default_factory=lambda: sys.executable, description="Interpreter for a subprocess worker.")
+    extra_env: dict[str, str] = Field(default_factory=dict, description="Environment added to every worker; never "
+                                      "credentials (a pod spec shows them): use the k8s/ecs settings' secrets.")
+    k8s: K8sSettings | None = Field(None, description="Pods for kind k8s (LLM_ASSETS_K8S, YAML).")
+    ecs: EcsSettings | None = Field(None, description="Tasks for kind ecs (LLM_ASSETS_ECS, YAML).")
 
-    def command(self, stage: str, processes: int) -> list[str]:
+    def command(self, stage: str, processes: int, python: str | None = None) -> list[str]:
+        python = python or self.python
         entry = ["-m", "llm_assets.training", stage]
         if processes > 1:
-            torchrun = Path(self.python).with_name("torchrun")
-            launcher = [str(torchrun)] if torchrun.exists() else [self.python, "-m", "torch.distributed.run"]
+            torchrun = Path(python).with_name("torchrun")
+            launcher = [str(torchrun)] if torchrun.exists() else [python, "-m", "torch.distributed.run"]
             return [*launcher, "--standalone", f"--nproc-per-node={processes}", *entry]
-        return [self.python, *entry]
+        return [python, *entry]
 
     def run(self, context: AssetExecutionContext, order: WorkOrder, store: Store) -> dict[str, Any]:
         """Launch the worker and return its result ({version, metrics}) as it left it in the store."""
+        recipe = Recipe.model_validate(order.recipe)
+        kind = recipe.resources.launcher or self.kind
+        if kind != "subprocess" and not order.store.root.startswith("s3://"):
+            raise Failure(description=f"recipe '{recipe.name}' runs its workers on {kind}, but the artifact store is the local "
+                                      f"directory {order.store.root}, which a pod or task cannot reach: set LLM_ASSETS_STORE "
+                                      "to an s3:// location (and LLM_ASSETS_S3_ENDPOINT for MinIO)", allow_retries=False)
         for path in (order.result_path, order.error_path):  # a previous attempt's, not this one's
             store.delete(path)
-        processes = launched_processes(order.stage, Recipe.model_validate(order.recipe))
-        command = self.command(order.stage, processes)
-        context.log.info(f"launching {' '.join(command)}")
-        workdir = Path(tempfile.mkdtemp(prefix=f"llm-assets-{order.stage}-"))  # the worker shares no directory with us
+        processes = worker_processes(recipe, order.stage)
+        extras = {ORDER_EXTRA: order.to_dict()}
+        if kind == "subprocess":
+            command = self.command(order.stage, processes)
+            context.log.info(f"launching {' '.join(command)}")
+            workdir = Path(tempfile.mkdtemp(prefix=f"llm-assets-{order.stage}-"))  # the worker shares no directory with us
+            try:
+                returncode, _ = run_pipes_process(context, command, child_env(self.extra_env, processes), extras=extras, cwd=workdir)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+            return worker_result(order, store, returncode)
+        settings = getattr(self, kind)
+        if settings is None:
+            raise Failure(description=f"recipe '{recipe.name}' asks for resources.launcher {kind!r}, but the launcher has no "
+                                      f"{kind} settings: set LLM_ASSETS_{kind.upper()} (YAML of its settings)", allow_retries=False)
+        command = self.command(order.stage, processes, python="python")  # the image's interpreter and torchrun, from its PATH
+        context.log.info(f"launching {' '.join(command)} on {kind}")
+        env = {**REMOTE_ENV, **self.extra_env}
+        run_remote = run_k8s_worker if kind == "k8s" else run_ecs_worker
         try:
-            returncode, _ = run_pipes_process(context, command, child_env(self.extra_env, processes),
-                                              extras={ORDER_EXTRA: order.to_dict()}, cwd=workdir)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        return worker_result(order, store, returncode)
+            run_remote(context, stage=order.stage, recipe=recipe, command=command, env=env, extras=extras, settings=settings)
+        except Exception as e:  # the pod or task failed or was evicted: the store says whether the worker knew why
+            context.log.warning(f"the {order.stage} worker on {kind} ended with {type(e).__name__}: {str(e)[-2000:]}")
+            return worker_result(order, store, None, failed=f"{type(e).__name__}: {str(e)[:300]}")
+        return worker_result(order, store, 0)
 
 
-def worker_result(order: WorkOrder, store: Store, returncode: int | None) -> dict[str, Any]:
+def worker_result(order: WorkOrder, store: Store, returncode: int | None, failed: str | None = None) -> dict[str, Any]:
     """The committed result, or the Failure that says why there is none. A worker that reported its own error failed for
     a reason a retry cannot change (bad data, a recipe the model cannot run): that failure is not retried. A worker
     that was killed or evicted is, and resumes from its last stored checkpoint."""
@@ -76,19 +109,17 @@ def worker_result(order: WorkOrder, store: Store, returncode: int | None) -> dic
         raise Failure(description=f"the {order.stage} stage failed: {error['error']}", allow_retries=False,
                       metadata={"traceback": MetadataValue.md(f"```\n{error['traceback'][-6000:]}\n```")})
     result = store.read_json(order.result_path)
-    if result is not None and returncode in (0, None) and store.has_version(order.output_key, result["version"]):
+    if result is not None and not failed and returncode == 0 and store.has_version(order.output_key, result["version"]):
         return result
+    if failed:
+        raise Failure(description=f"the {order.stage} worker failed without reporting an error ({failed}); a retry (or the "
+                                  "next materialization) resumes from its last stored checkpoint")
     if returncode is not None and returncode < 0:
         sig = signal.Signals(-returncode).name
         raise Failure(description=f"the {order.stage} worker was killed by {sig}; a retry (or the next materialization) "
                                   "resumes from its last stored checkpoint")
     raise Failure(description=f"the {order.stage} worker ended (exit status {returncode}) without committing a result or "
                               "reporting an error; see its output above")
-
-
-def launched_processes(stage: str, recipe: Recipe) -> int:
-    """How many training processes the stage runs as: the recipe's ``distributed.processes`` for a training stage, else one."""
-    return recipe.distributed.processes if stage in TRAINING_STAGES else 1
 
 
 def child_env(extra_env: Mapping[str, str], processes: int) -> dict[str, str]:
