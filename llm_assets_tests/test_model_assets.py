@@ -144,8 +144,10 @@ def run_check(defs, instance, asset, check, recipe="tiny"):
     return result, [c for c in result.get_asset_check_evaluations() if c.check_name == check]
 
 
-def test_a_gate_threshold_edit_reruns_the_check_and_trains_nothing(graph):
+def test_a_gate_threshold_edit_reruns_the_check_and_trains_nothing(graph, monkeypatch):
     defs, instance, recipes = graph
+    monkeypatch.setenv("LLM_ASSETS_TRAINING_RETRIES", "2")  # a failed gate is not a reason to retry
+    monkeypatch.setenv("LLM_ASSETS_TRAINING_RETRY_DELAY_S", "0")
     stages = ["base_model", "cpt_model", "sft_model", "reward_model"]
     first = materialize_recipe(defs, instance, selection=stages)
     assert first.success
@@ -166,6 +168,7 @@ def test_a_gate_threshold_edit_reruns_the_check_and_trains_nothing(graph):
     later = materialize_recipe(defs, instance, selection=["rlhf_policy"])  # another run: still not trained on
     failure = next(e for e in later.all_events if e.event_type_value == "STEP_FAILURE")
     assert "failed its gate reward_accuracy_above_threshold" in failure.step_failure_data.error.message
+    assert not [e for e in later.all_events if e.event_type_value in ("STEP_UP_FOR_RETRY", "STEP_RESTARTED")]
     write_recipe(recipes, reward={"min_accuracy": 0.0})
     _, [evaluation] = run_check(build_definitions(), instance, "reward_model", "reward_accuracy_above_threshold")
     assert evaluation.passed
