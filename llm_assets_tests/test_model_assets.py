@@ -1,5 +1,6 @@
 """The model half of the graph through Dagster: Pipes subprocesses, the store, checks, resume."""
 
+import hashlib
 import json
 
 import pytest
@@ -9,6 +10,7 @@ from llm_assets.demo import register_drops
 from llm_assets.demo_data import write_demo_drops
 from llm_assets.resources import default_resources
 from llm_assets_tests.helpers import write_recipe
+from llm_assets_tests.test_hub import REV, hub_cache  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
@@ -246,3 +248,30 @@ def test_a_stage_the_recipe_leaves_out_shows_its_gate_skipped(graph):
     # planned in a run that succeeded, with no evaluation: what the UI shows as Skipped (not Passed)
     assert record.run_id == result.run_id and record.status.value == "PLANNED" and record.partition == "noreward"
     assert any("reward_accuracy_above_threshold skipped" in (e.message or "") for e in instance.all_logs(result.run_id))
+
+
+def test_a_hub_base_is_snapshotted_by_its_own_worker(graph, hub_cache, monkeypatch):
+    """The step hands the worker the repo and pinned revision; the worker resolves it from its own Hub cache (or the Hub),
+    checks the architecture, and a revision it cannot get fails with the Hub's one-line reason, not retried."""
+    defs, instance, recipes = graph
+    cache, snap = hub_cache
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))  # the worker's environment: its own cache
+    monkeypatch.setenv("LLM_ASSETS_TRAINING_RETRIES", "2")
+    monkeypatch.setenv("LLM_ASSETS_TRAINING_RETRY_DELAY_S", "0")
+    arch = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2,
+            "vocab_size": json.loads((snap / "config.json").read_text())["vocab_size"]}
+    write_recipe(recipes, "hubbed", model={"base": "acme/tiny-llama", "revision": REV, "architecture": arch})
+    write_recipe(recipes, "uncached", model={"base": "acme/tiny-llama", "revision": "f" * 40, "architecture": arch})
+    from llm_assets.definitions import build_definitions
+
+    defs = build_definitions()
+    assert materialize_recipe(defs, instance, "hubbed", ["base_model"]).success
+    assert meta(instance, "base_model", "hubbed")["source"] == f"acme/tiny-llama@{REV}"
+    store = default_resources()["store"].open()
+    weights = {f["path"]: f["sha256"] for f in store.manifest("models/base/hubbed").files}
+    assert weights["model.safetensors"] == hashlib.sha256((snap / "model.safetensors").read_bytes()).hexdigest()
+
+    failed = materialize_recipe(defs, instance, "uncached", ["base_model"])
+    message = failed.get_step_failure_events()[0].step_failure_data.error.message
+    assert "the base stage failed: HubError" in message and "acme/tiny-llama" in message
+    assert not [e for e in failed.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
