@@ -4,6 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from llm_assets.recipes import ArchitectureGroup
+from llm_assets.training.builtin import build_tiny
+from llm_assets_tests.helpers import HUB_REV
+
 PROJECT = Path(__file__).resolve().parent.parent
 SHARED_DATA = PROJECT.parent / "shared" / "data"
 
@@ -49,3 +53,17 @@ def s3_endpoint():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """models--acme--tiny-llama/{refs/main, snapshots/<HUB_REV>/...}: the layout huggingface_hub writes."""
+    repo = tmp_path / "hub" / "models--acme--tiny-llama"
+    snap = repo / "snapshots" / HUB_REV
+    snap.mkdir(parents=True)
+    arch = ArchitectureGroup(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, vocab_size=300)
+    build_tiny([f"word{i} and text {i}" for i in range(300)], arch, 128, 0, snap)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(HUB_REV)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path / "hub", snap

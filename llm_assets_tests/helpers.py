@@ -11,6 +11,8 @@ from llm_assets.data.pipeline import validate_drop
 from llm_assets.demo_data import write_demo_drops
 from llm_assets.recipes import parse_recipe
 
+HUB_REV = "0123456789abcdef0123456789abcdef01234567"  # the pinned revision of the test Hub model (conftest hub_cache)
+
 MICRO = {
     "description": "micro recipe for tests",
     "data": {"max_length": 64, "max_reject_rate": 0.05},

@@ -12,24 +12,7 @@ import pytest
 
 from llm_assets.recipes import ArchitectureGroup
 from llm_assets.resources.hub import HubClient, HubError, bound_hub_requests, check_architecture
-from llm_assets.training.builtin import build_tiny
-
-REV = "0123456789abcdef0123456789abcdef01234567"
-
-
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
-    """models--acme--tiny-llama/{refs/main, snapshots/<REV>/...}: the layout huggingface_hub writes."""
-    repo = tmp_path / "hub" / "models--acme--tiny-llama"
-    snap = repo / "snapshots" / REV
-    snap.mkdir(parents=True)
-    arch = ArchitectureGroup(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, vocab_size=300)
-    build_tiny([f"word{i} and text {i}" for i in range(300)], arch, 128, 0, snap)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(REV)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return tmp_path / "hub", snap
-
+from llm_assets_tests.helpers import HUB_REV as REV
 
 def test_snapshot_at_a_pinned_revision_from_the_cache(hub_cache):
     cache, snap = hub_cache

@@ -9,8 +9,7 @@ from dagster import AssetKey, DagsterInstance
 from llm_assets.demo import register_drops
 from llm_assets.demo_data import write_demo_drops
 from llm_assets.resources import default_resources
-from llm_assets_tests.helpers import write_recipe
-from llm_assets_tests.test_hub import REV, hub_cache  # noqa: F401 (a fixture)
+from llm_assets_tests.helpers import HUB_REV, write_recipe
 
 
 @pytest.fixture
@@ -260,13 +259,13 @@ def test_a_hub_base_is_snapshotted_by_its_own_worker(graph, hub_cache, monkeypat
     monkeypatch.setenv("LLM_ASSETS_TRAINING_RETRY_DELAY_S", "0")
     arch = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2,
             "vocab_size": json.loads((snap / "config.json").read_text())["vocab_size"]}
-    write_recipe(recipes, "hubbed", model={"base": "acme/tiny-llama", "revision": REV, "architecture": arch})
+    write_recipe(recipes, "hubbed", model={"base": "acme/tiny-llama", "revision": HUB_REV, "architecture": arch})
     write_recipe(recipes, "uncached", model={"base": "acme/tiny-llama", "revision": "f" * 40, "architecture": arch})
     from llm_assets.definitions import build_definitions
 
     defs = build_definitions()
     assert materialize_recipe(defs, instance, "hubbed", ["base_model"]).success
-    assert meta(instance, "base_model", "hubbed")["source"] == f"acme/tiny-llama@{REV}"
+    assert meta(instance, "base_model", "hubbed")["source"] == f"acme/tiny-llama@{HUB_REV}"
     store = default_resources()["store"].open()
     weights = {f["path"]: f["sha256"] for f in store.manifest("models/base/hubbed").files}
     assert weights["model.safetensors"] == hashlib.sha256((snap / "model.safetensors").read_bytes()).hexdigest()
