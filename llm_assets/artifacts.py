@@ -151,6 +151,19 @@ class Store:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    def commit_copy(self, key: str, source: str, version: str, metadata: dict[str, Any] | None = None) -> Manifest:
+        """Commit ``source``'s ``version`` as the same version of ``key`` by copying inside the store (server-side on
+        S3): a stage passed through moves no bytes through the orchestrator. Same content, same version."""
+        src = self.manifest(source, version)
+        manifest = Manifest(_check_key(key), src.version, src.files, metadata or {}, time.time())
+        vdir = f"{key}/versions/{manifest.version}"
+        if not self.objects.exists(f"{vdir}/{MANIFEST}"):
+            for f in manifest.files:
+                self.objects.copy(f"{source}/versions/{version}/{f['path']}", f"{vdir}/{f['path']}")
+            self.objects.write_bytes(f"{vdir}/{MANIFEST}", manifest.to_json())  # last: the commit
+        self.objects.write_bytes(f"{key}/{LATEST}", manifest.version.encode())
+        return manifest
+
     def commit_bytes(self, key: str, name: str, data: bytes, metadata: dict[str, Any] | None = None) -> Manifest:
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / name).write_bytes(data)

@@ -33,6 +33,7 @@ class Objects(Protocol):
     def exists(self, path: str) -> bool: ...
     def delete_prefix(self, prefix: str) -> None: ...
     def delete(self, path: str) -> None: ...
+    def copy(self, src: str, dst: str) -> None: ...
 
 
 def _join(*parts: str) -> str:
@@ -91,6 +92,11 @@ class LocalObjects:
 
     def delete(self, path: str) -> None:
         self._p(path).unlink(missing_ok=True)
+
+    def copy(self, src: str, dst: str) -> None:
+        target = self._p(dst)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self._p(src), target)
 
     def local_path(self, path: str) -> Path:
         return self._p(path)
@@ -155,6 +161,10 @@ class S3Objects:
 
     def delete(self, path: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._k(path))  # no error when absent
+
+    def copy(self, src: str, dst: str) -> None:
+        """Server-side: the bytes never pass through this machine (``copy`` is boto3's managed, multipart copy)."""
+        self.client.copy({"Bucket": self.bucket, "Key": self._k(src)}, self.bucket, self._k(dst))
 
 
 def open_objects(root: str, s3_client_factory: Any = None) -> Objects:

@@ -112,3 +112,23 @@ def test_run_records_live_beside_versions_and_never_change_them(store, tmp_path)
     assert store.latest_version("models/sft/tiny") == first.version and store.has_version("models/sft/tiny", other.version)
     with pytest.raises(ArtifactNotFound):
         store.set_latest("models/sft/tiny", "0" * 64)
+
+
+def test_a_version_copied_inside_the_store_is_the_same_version_under_another_key(store, tmp_path):
+    src = make_dir(tmp_path / "src", {"model.safetensors": b"w" * 1000, "sub/config.json": b"{}"})
+    m = store.commit("models/base/tiny", src)
+    copied = store.commit_copy("models/cpt/tiny", "models/base/tiny", m.version, {"stage": "cpt"})
+    assert copied.version == m.version and store.latest_version("models/cpt/tiny") == m.version
+    art = store.get("models/cpt/tiny")
+    assert art.file("model.safetensors").read_bytes() == b"w" * 1000 and art.manifest.metadata == {"stage": "cpt"}
+    assert store.read_file("models/cpt/tiny", "sub/config.json") == b"{}"  # verified against the manifest
+
+
+def test_versions_list_committed_ones_and_a_deleted_one_is_gone_before_its_files(store, tmp_path):
+    first = store.commit("checkpoints/x", make_dir(tmp_path / "a", {"f": b"1"}), {"step": 1}, latest=False)
+    second = store.commit("checkpoints/x", make_dir(tmp_path / "b", {"f": b"2", "g/h": b"3"}), {"step": 2}, latest=False)
+    assert [m.metadata["step"] for m in store.versions("checkpoints/x")] == [1, 2] and store.latest_version("checkpoints/x") is None
+    store.delete_version("checkpoints/x", first.version)
+    assert [m.version for m in store.versions("checkpoints/x")] == [second.version]
+    store.delete_key("checkpoints/x")
+    assert store.versions("checkpoints/x") == []

@@ -223,9 +223,9 @@ def passthrough(context: AssetExecutionContext, recipe: Recipe, stage: Stage, st
     """A stage the recipe leaves out: its parent's files, committed unchanged (same content, same version)."""
     st = store.open()
     source = stage.parent(recipe)
-    parent = st.get(model_key(source, recipe.name))
     key = model_key(stage.name, recipe.name)
-    manifest = st.commit(key, parent.path, {"stage": stage.name, "recipe": recipe.name})
+    manifest = st.commit_copy(key, model_key(source, recipe.name), _current_version(st, model_key(source, recipe.name)),
+                              {"stage": stage.name, "recipe": recipe.name})
     why, name = f"the recipe has no {stage.group} group", f"passthrough-{manifest.version[:16]}"
     st.put_record(key, name, {
         "version": manifest.version, "fingerprint": name, "stage": stage.name,
