@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[gpu-check] {name} ...", flush=True)
             rows.append(check_stage(name, run_stage(name, spec, args.device), recipe, args.device))
             dirs[name] = spec.output_dir
+            shutil.rmtree(spec.checkpoint_dir, ignore_errors=True)  # finished, as the asset does: a 1 B checkpoint is ~6 GB
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
