@@ -67,7 +67,7 @@ def test_whole_graph_on_the_micro_recipe(graph):
         assert not (art.path / "metrics.json").exists()  # run records live beside the artifact, not in its version
     # the training logs streamed into the Dagster run log through Pipes
     logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
-    assert any("[sft] loss=" in m and "tokens_per_s=" in m for m in logs)
+    assert any("[sft] loss=" in m and "tokens_per_s=" in m and "| step 4/6 (67%), ETA " in m for m in logs)
 
 
 def test_recipe_without_cpt_passes_the_base_model_through(graph):

@@ -125,3 +125,12 @@ def test_lora_and_qlora_sft_write_adapters(chain, datasets):
     # a reward model starts from the merged LoRA SFT model
     reward = run_stage("reward", spec_for(tmp, "reward", recipe, datasets, {"model": str(tmp / "sft-lora")}, out=tmp / "reward-lora"), Reporter())
     assert reward["steps"] == 4 and (tmp / "reward-lora" / "model.safetensors").exists()
+
+
+def test_progress_reads_step_percent_and_eta_at_this_runs_pace():
+    from llm_assets.training.report import progress
+
+    assert progress(20, 60, 30.0, 20) == "step 20/60 (33%), ETA 1m00s"
+    assert progress(45, 60, 10.0, 5) == "step 45/60 (75%), ETA 30s"  # resumed at 40: five steps took 10 s
+    assert progress(60, 60, 90.0, 60) == "step 60/60 (100%)"
+    assert progress(10, 10000, 36.0, 10) == "step 10/10000 (0%), ETA 9h59m"
