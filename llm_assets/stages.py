@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from llm_assets.recipes import Recipe, deepspeed_config_path
+from llm_assets.recipes import BUILTIN_PREFIX, Recipe, deepspeed_config_path
 
 # Fields every trained stage reads through the hardware choice and the launcher.
 RUNTIME = ("model.dtype", "model.attn_implementation", "distributed.processes", "distributed.deepspeed")
@@ -24,6 +24,8 @@ ADAPTER = ("sft.method", "lora")
 QLORA = ("quantization.quant_type", "quantization.double_quant")
 # Training-group fields that change only logs and checkpoints, never the result.
 RECORD_ONLY = ("logging_steps", "save_steps")
+# Data kinds a stage reads only for held-out measures (RLHF's SFT replies beside the policy's, quantized vs unquantized loss).
+MEASURED_ONLY = {"rlhf": ("sft",), "quantize": ("sft",)}
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,12 @@ class Stage:
             return self.data
         kinds = {k for s in STAGES.values() if s.name != "base" and s.active(recipe) for k in s.data}
         return tuple(k for k in ("pretraining", "sft", "preference") if k in kinds)
+
+    def trains_on(self, recipe: Recipe) -> tuple[str, ...]:
+        """The data kinds this stage fits on (their train split); the rest of ``data_kinds`` it only measures on."""
+        if self.name == "base":  # a builtin base trains its tokenizer on them; a hub base is only measured
+            return self.data_kinds(recipe) if recipe.model.base.startswith(BUILTIN_PREFIX) else ()
+        return tuple(k for k in self.data if k not in MEASURED_ONLY.get(self.name, ()))
 
     def identity(self, recipe: Recipe) -> dict[str, Any]:
         """The recipe values that decide this stage's result (gate thresholds left out)."""

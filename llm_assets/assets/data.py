@@ -82,7 +82,9 @@ def dataset_checks(kind: str, result: DropResult, stored: pd.DataFrame, max_rate
         AssetCheckResult(
             check_name="contract_holds", passed=not violations,
             metadata={"violations": len(violations), "first": MetadataValue.md("\n".join(f"- {v}" for v in violations[:10]) or "none")},
-            description=None if not violations else f"{len(violations)} stored rows break the {kind} dataset contract",
+            description=None if not violations else (
+                f"{len(violations)} stored rows break the {kind} dataset contract (the first are in this check's 'first'): "
+                "fix those rows in the landed file, or its .mapping.yaml, and land it again"),
         ),
         AssetCheckResult(
             check_name="reject_rate_plausible", passed=result.reject_rate <= max_rate,
@@ -93,7 +95,9 @@ def dataset_checks(kind: str, result: DropResult, stored: pd.DataFrame, max_rate
                 "probably in the wrong format or needs a .mapping.yaml; see the quarantine table's reasons"
             ) if result.reject_rate > max_rate else None,
         ),
-        AssetCheckResult(check_name="no_duplicates", passed=dupes == 0, metadata={"duplicate_rows": dupes}),
+        AssetCheckResult(check_name="no_duplicates", passed=dupes == 0, metadata={"duplicate_rows": dupes}, description=(
+            f"{dupes} stored rows have the content hash of another, which de-duplication should have removed: "
+            f"materialize {kind}_dataset again, and report it if they stay") if dupes else None),
     ]
 
 

@@ -79,15 +79,18 @@ def forced(context: AssetExecutionContext, config: TrainingConfig) -> bool:
 class TrainingData:
     """The validated drops a recipe trains a stage on, and the identity of their de-duplicated rows."""
 
-    paths: dict[str, list[str]] = field(default_factory=dict)  # kind -> dataset.parquet of each drop used (here)
+    paths: dict[str, list[str]] = field(default_factory=dict)  # kind -> dataset.parquet of each drop read (here)
     refs: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # kind -> {key, version} of each (for a worker)
     digests: dict[str, str] = field(default_factory=dict)  # kind -> rows_digest of those drops
-    used: dict[str, str] = field(default_factory=dict)  # "kind/drop" -> dataset version
+    used: dict[str, str] = field(default_factory=dict)  # "kind/drop" -> dataset version, for the drops trained on
+    measured: dict[str, str] = field(default_factory=dict)  # "kind/drop" -> dataset version, for those only measured on
     left_out: dict[str, str] = field(default_factory=dict)  # "kind/drop" -> why
 
 
-def training_data(context: AssetExecutionContext, st: Store, kinds: tuple[str, ...], recipe: Recipe) -> TrainingData:
-    """Every drop of ``kinds`` whose dataset passed its checks and whose reject rate this recipe accepts."""
+def training_data(context: AssetExecutionContext, st: Store, kinds: tuple[str, ...], recipe: Recipe,
+                  trains_on: tuple[str, ...] | None = None) -> TrainingData:
+    """Every drop of ``kinds`` whose dataset passed its checks and whose reject rate this recipe accepts; those of kinds
+    not in ``trains_on`` (default: every kind) are read for held-out measures only."""
     out = TrainingData()
     for kind in kinds:
         paths, refs = [], []
@@ -103,7 +106,7 @@ def training_data(context: AssetExecutionContext, st: Store, kinds: tuple[str, .
             art = st.get(key)
             paths.append(str(art.file("dataset.parquet")))
             refs.append({"key": key, "version": art.version})
-            out.used[f"{kind}/{drop}"] = art.version
+            (out.used if trains_on is None or kind in trains_on else out.measured)[f"{kind}/{drop}"] = art.version
         if not paths:
             raise Failure(description=f"recipe '{recipe.name}': no usable {kind} drop to train on: land a file in the {kind} "
                                       f"landing folder and materialize {kind}_dataset" + _left_out_line(out.left_out, kind),
@@ -141,7 +144,7 @@ def train(context: AssetExecutionContext, recipe: Recipe, stage: Stage, store: A
     parents = {role: model_key(parent, recipe.name) for role, parent in stage.inputs(recipe).items()}
     refuse_failed_gates(st, parents)
     versions = {role: _current_version(st, key) for role, key in parents.items()}
-    data = training_data(context, st, stage.data_kinds(recipe), recipe)
+    data = training_data(context, st, stage.data_kinds(recipe), recipe, stage.trains_on(recipe))
     inputs = {**{f"data/{k}": d for k, d in data.digests.items()}, **versions}
     code_version = context.assets_def.code_versions_by_key[context.asset_key] or ""
     fingerprint = stage.fingerprint(recipe, inputs, code_version, {"eval_limit": config.eval_limit})
@@ -163,7 +166,8 @@ def train(context: AssetExecutionContext, recipe: Recipe, stage: Stage, store: A
     result = launcher.run(context, order, st)
     st.set_latest(key, result["version"])
     record = {"version": result["version"], "fingerprint": fingerprint, "stage": stage.name, "recipe_hash": recipe.recipe_hash,
-              "inputs": inputs, "drops_used": data.used, "drops_left_out": data.left_out, "metrics": result["metrics"],
+              "inputs": inputs, "drops_used": data.used, "drops_measured": data.measured, "drops_left_out": data.left_out,
+              "metrics": result["metrics"],
               "run_id": context.run_id, "trained_at": time.time()}
     st.put_record(key, fingerprint, record)
     return stored_result(st, key, record, **({"tokens_cache": order.tokens["key"]} if order.tokens else {}))
@@ -206,15 +210,20 @@ def reuse(context: AssetExecutionContext, st: Store, key: str, record: dict[str,
     st.put_record(key, record["fingerprint"], record)
     context.log.info(f"{key}: inputs, recipe fields and code unchanged since version {record['version'][:12]} "
                      f"(run {record.get('run_id', '?')}); reusing it, nothing to train")
-    return stored_result(st, key, {**record, "drops_used": data.used, "drops_left_out": data.left_out}, reused=True)
+    return stored_result(st, key, {**record, "drops_used": data.used, "drops_measured": data.measured,
+                                    "drops_left_out": data.left_out}, reused=True)
 
 
 def stored_result(st: Store, key: str, record: dict[str, Any], **extra: Any) -> MaterializeResult:
-    """The materialization of a committed model version: its metrics, provenance and location."""
+    """The materialization of a committed model version: its metrics, provenance and location. ``drops_used`` are the
+    drops trained on; the models it started from and the drops it only measured on are their own keys."""
     manifest = st.manifest(key, record["version"])
+    parents = {role: version for role, version in record.get("inputs", {}).items() if not role.startswith("data/")}
     return MaterializeResult(data_version=DataVersion(manifest.version), metadata={
         **metadata_of(record.get("metrics", {})), **extra, "recipe_hash": record.get("recipe_hash", ""),
-        "fingerprint": record["fingerprint"], "drops_used": MetadataValue.json(record.get("drops_used", {})),
+        "fingerprint": record["fingerprint"], "parent_versions": MetadataValue.json(parents),
+        "drops_used": MetadataValue.json(record.get("drops_used", {})),
+        "drops_measured": MetadataValue.json(record.get("drops_measured", {})),
         "drops_left_out": MetadataValue.json(record.get("drops_left_out", {})),
         "artifact": f"{st.root}/{key}/versions/{manifest.version}", "artifact_bytes": manifest.total_bytes})
 
