@@ -8,7 +8,7 @@ from llm_assets.assets.data import data_assets
 from llm_assets.assets.models import build_fit_check, build_gate_checks, build_model_assets
 from llm_assets.assets.recipes import build_recipe_asset
 from llm_assets.assets.reports import build_report_assets
-from llm_assets.automation import automation_sensor
+from llm_assets.automation import automation_sensor, gate_recipe_assets
 from llm_assets.jobs import build_jobs
 from llm_assets.partitions import recipe_partitions
 from llm_assets.recipes import load_all_recipes
@@ -27,13 +27,15 @@ def build_definitions(resources: dict[str, object] | None = None) -> Definitions
     if os.environ.get("DAGSTER_IS_DEFS_VALIDATION_CLI"):
         load_all_recipes()
     recipes = recipe_partitions()
-    model_assets = [build_recipe_asset(recipes), *build_model_assets(recipes), *build_report_assets(recipes)]
+    resources = {**default_resources(), **(resources or {})}
+    model_assets = gate_recipe_assets([build_recipe_asset(recipes), *build_model_assets(recipes), *build_report_assets(recipes)],
+                                      recipes, resources["launcher"], resources["hub"])
     return Definitions(
         assets=[*data_assets, *model_assets],
         asset_checks=[*build_gate_checks(recipes), build_fit_check(recipes)],
         jobs=build_jobs(recipes),
         sensors=[landing_sensor, build_recipe_sensor(recipes), automation_sensor],
-        resources={**default_resources(), **(resources or {})},
+        resources=resources,
     )
 
 

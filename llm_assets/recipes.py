@@ -232,6 +232,9 @@ class Recipe(Group):
     distributed: DistributedGroup = DistributedGroup()
     resources: ResourcesGroup = ResourcesGroup()
     tracking: TrackingGroup = TrackingGroup()
+    automation: Literal["on_change", "manual"] = Field(
+        "on_change", description="'on_change': the automation sensor retrains this recipe when its data, recipe or code "
+        "change; 'manual': only a Materialize (UI, CLI, job) runs it. Not part of the recipe hash or any model's identity.")
 
     @field_validator("name")
     @classmethod
@@ -248,8 +251,9 @@ class Recipe(Group):
 
     @property
     def recipe_hash(self) -> str:
-        """sha256 of the resolved recipe (defaults included, comments and key order ignored)."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """sha256 of the resolved recipe (defaults included, comments and key order ignored). ``automation`` is left out:
+        it says when the recipe runs, not what it makes, so switching it marks nothing stale."""
+        canonical = json.dumps(self.model_dump(mode="json", exclude={"automation"}), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -5,27 +5,13 @@ observed); events are reported to it directly so each tick is evaluated in milli
 """
 
 import pytest
-from dagster import (
-    AssetCheckEvaluation,
-    AssetRecordsFilter,
-    AssetKey,
-    AssetMaterialization,
-    AssetsDefinition,
-    DagsterInstance,
-    Definitions,
-    build_sensor_context,
-    evaluate_automation_conditions,
-)
-
-from dagster._core.definitions.asset_checks.asset_check_evaluation import (  # no public export in 1.13; test-only
-    AssetCheckEvaluationTargetMaterializationData,
-)
+from dagster import AssetKey, AssetMaterialization, AssetsDefinition, DagsterInstance, Definitions, build_sensor_context, evaluate_automation_conditions
 
 from llm_assets.jobs import MODEL_ASSETS
 from llm_assets_tests.helpers import write_recipe
+from llm_assets_tests.runless import DATA_VERSION, land
 
 MODELS = [*MODEL_ASSETS, "model_report"]
-DATA_VERSION = "dagster/data_version"  # the tag a materialization's data version is stored under
 DROPS = {"pretraining": "p1", "sft": "s1", "preference": "r1"}
 
 
@@ -44,23 +30,9 @@ class World:
         self.landed = set()
 
     def land(self, kind, drop, checks_pass=True, content=None):
-        """What the landing sensor's run leaves behind: a new partition, raw + dataset materialized, blocking checks.
-        Data versions are content hashes: the same ``content`` gives the same version."""
-        self.instance.add_dynamic_partitions(f"{kind}_drops", [drop])
-        for asset in (f"raw_{kind}_corpus", f"{kind}_dataset"):
-            self.instance.report_runless_asset_event(AssetMaterialization(
-                asset, partition=drop, tags={DATA_VERSION: f"{asset}:{content or drop}"}))
-        if (kind, drop) in self.landed:  # runless check evaluations are one per partition
-            return
+        """What the landing sensor's run leaves behind (see llm_assets_tests.runless)."""
+        land(self.instance, kind, drop, checks_pass, content, check=(kind, drop) not in self.landed)
         self.landed.add((kind, drop))
-        [latest] = self.instance.fetch_materializations(
-            AssetRecordsFilter(AssetKey(f"{kind}_dataset"), asset_partitions=[drop]), limit=1).records
-        # what a run records: the evaluation targets the drop's materialization it checked
-        target = AssetCheckEvaluationTargetMaterializationData(storage_id=latest.storage_id, run_id=latest.run_id,
-                                                               timestamp=latest.timestamp)
-        self.instance.report_runless_asset_event(AssetCheckEvaluation(
-            asset_key=AssetKey(f"{kind}_dataset"), check_name="contract_holds", passed=checks_pass, partition=drop,
-            blocking=True, target_materialization_data=target))
 
     def trained(self, recipes=("a", "b"), assets=MODELS, same_versions=False):
         """Models materialized; ``same_versions``: each reused its committed version (same data version as before)."""
@@ -185,3 +157,32 @@ def test_the_automation_and_landing_sensors_are_on_by_default(world):
     status = {s.name: s.default_status for s in world.defs.sensors}
     assert status == {"landing_sensor": DefaultSensorStatus.RUNNING, "recipe_sensor": DefaultSensorStatus.RUNNING,
                       "automation": DefaultSensorStatus.RUNNING}
+
+
+def test_a_dataset_requested_now_holds_its_models_until_its_run_brings_a_new_version(world):
+    """Automation emits one run per partition, and Dagster orders assets only inside one run: a model must not start beside
+    the dataset run it reads."""
+    def bump(spec):
+        return spec.replace_attributes(code_version="bumped") if spec.key == AssetKey("sft_dataset") else spec
+
+    assets = [a.map_asset_specs(bump) if isinstance(a, AssetsDefinition) else a for a in world.defs.assets]
+    bumped = Definitions(assets=assets, resources=world.defs.resources)
+    assert world.tick(bumped) == {("sft_dataset", "s1")}
+    assert world.tick(bumped) == set()  # not yet materialized: nothing new
+    world.land("sft", "s1", content="s1 validated by the new code")
+    assert world.tick(bumped) == models_of("a", "b", assets=MODELS)
+
+
+def test_switching_a_recipe_to_manual_stops_its_automation_and_changes_no_version(world):
+    from llm_assets.recipes import load_recipe
+    from llm_assets.stages import STAGES
+
+    before = load_recipe("b")
+    write_recipe(world.recipes_dir, "b", sft={"method": "lora"}, automation="manual")
+    after = load_recipe("b")
+    assert after.recipe_hash == before.recipe_hash and world.observe_recipes() == set()
+    assert all(s.identity(after) == s.identity(before) for s in STAGES.values())
+    world.land("sft", "s2")
+    assert world.tick() == models_of("a")
+    write_recipe(world.recipes_dir, "b", sft={"method": "lora"})  # back to on_change: the drop it missed retrains it
+    assert world.tick() == models_of("b")

@@ -150,3 +150,18 @@ def test_architecture_mismatch_names_the_keys(hub_cache):
     wrong = ok.model_copy(update={"num_layers": 4})
     with pytest.raises(HubError, match="num_layers: recipe 4 vs config.json 1"):
         check_architecture(snap, wrong, "acme/tiny-llama")
+
+
+def test_unavailable_says_why_a_snapshot_cannot_be_had_before_any_run(hub_server, tmp_path, monkeypatch):
+    """What automation asks before it starts a hub recipe: the cache first, then one bounded request."""
+    endpoint, snap = hub_server
+    cache = snap.parent.parent.parent
+    assert HubClient(cache_dir=str(cache)).unavailable("acme/tiny-llama", REV) is None  # cached, offline
+    empty = str(tmp_path / "empty")
+    assert "is switched off (offline)" in HubClient(cache_dir=empty).unavailable("acme/tiny-llama", REV)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert HubClient(cache_dir=empty, endpoint=endpoint, timeout_s=5).unavailable("acme/tiny-llama", REV) is None  # downloadable
+    refused = HubClient(cache_dir=empty, endpoint=endpoint, timeout_s=5).unavailable("acme/missing", REV)
+    assert refused.startswith("the Hub refused acme/missing@") and "HTTP 404" in refused and "HF_TOKEN" in refused
+    down = HubClient(cache_dir=empty, endpoint="http://127.0.0.1:9", timeout_s=2).unavailable("acme/tiny-llama", REV)
+    assert "cannot be reached" in down and f"hf download acme/tiny-llama --revision {REV}" in down and "\n" not in down

@@ -86,7 +86,7 @@ def main() -> int:
             done[recipe] = time.time()
             rows.append([f"-> recipe {recipe} retrained (model run succeeded)", f"{done[recipe] - t1:.0f} s"])
         other = sorted({r.dagster_run.tags.get("dagster/partition") for r in runs(since=t1)} - set(EMBEDDED) - {None})
-        rows.append(["runs for hub recipes (fail offline: no hub here)", ", ".join(other) or "none"])
+        rows.append(["runs for recipes that cannot run here (hub model not cached, GPUs)", ", ".join(other) or "none"])
         wait("every run finished", lambda: not runs(DagsterRunStatus.STARTED) and not runs(DagsterRunStatus.QUEUED), 1800, poll=5)
 
         # 2. nothing more lands

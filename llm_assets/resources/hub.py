@@ -57,10 +57,7 @@ class HubClient(ConfigurableResource):
                                      etag_timeout=self.timeout_s)
         except LocalEntryNotFoundError:
             why = "is switched off (offline)" if offline else f"({endpoint or constants.ENDPOINT}) cannot be reached ({unreachable or 'no answer'})"
-            raise HubError(
-                f"{repo_id}@{revision} is not in the local Hub cache ({where}) and the Hub {why}. Download it on a connected "
-                f"machine (hf download {repo_id} --revision {revision}) and copy the cache, or go online."
-            ) from None
+            raise HubError(not_cached(repo_id, revision, where, why)) from None
         except (RepositoryNotFoundError, RevisionNotFoundError) as e:
             raise HubError(f"{repo_id}@{revision}: {e.__class__.__name__}: check the repo id, the revision and HF_TOKEN") from None
         except OSError as e:
@@ -71,7 +68,36 @@ class HubClient(ConfigurableResource):
                            "set HF_HUB_OFFLINE=1 to use the cache") from None
         return Path(path)
 
-    def _unreachable(self, repo_id: str, revision: str, endpoint: str | None) -> str | None:
+    def unavailable(self, repo_id: str, revision: str) -> str | None:
+        """Why ``snapshot`` cannot give ``repo_id@revision`` now, or None when it can: asked before a run is started,
+        so it reads the local cache and, only when the snapshot is not there, asks the Hub once within ``timeout_s``."""
+        from huggingface_hub import constants, snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+        try:
+            snapshot_download(repo_id, revision=revision, cache_dir=self.cache_dir, allow_patterns=MODEL_FILES, local_files_only=True)
+            return None
+        except LocalEntryNotFoundError:
+            pass
+        where = self.cache_dir or os.environ.get("HF_HUB_CACHE", "~/.cache/huggingface/hub")
+        endpoint = self.endpoint or os.environ.get("HF_ENDPOINT") or None
+        if self.offline or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+            why = "is switched off (offline)"
+        else:
+            try:
+                unreachable = self._unreachable(repo_id, revision, endpoint, refusals=True)
+            except HfHubHTTPError as e:
+                status = getattr(e.response, "status_code", 0) or 0
+                if status < 500:  # a gated or missing repo, a bad token: the run would fail the same way
+                    return (f"the Hub refused {repo_id}@{revision} (HTTP {status}): check the repo id, the revision and "
+                            "HF_TOKEN (a gated model needs its licence accepted)")
+                unreachable = f"HTTP {status}"
+            if unreachable is None:
+                return None
+            why = f"({endpoint or constants.ENDPOINT}) cannot be reached ({unreachable})"
+        return not_cached(repo_id, revision, where, why)
+
+    def _unreachable(self, repo_id: str, revision: str, endpoint: str | None, refusals: bool = False) -> str | None:
         """Why the Hub did not answer one request about the revision within ``timeout_s``, or None when it did."""
         import httpx2
         from huggingface_hub import HfApi
@@ -83,8 +109,15 @@ class HubClient(ConfigurableResource):
         except (httpx2.TimeoutException, httpx2.NetworkError) as e:
             return f"{e.__class__.__name__} after at most {self.timeout_s:g} s: {e}"
         except HfHubHTTPError:
-            pass  # it answered: snapshot_download reports a missing repo or revision, or uses the cache when the Hub is down
+            if refusals:
+                raise
+            # it answered: snapshot_download reports a missing repo or revision, or uses the cache when the Hub is down
         return None
+
+
+def not_cached(repo_id: str, revision: str, where: str, why: str) -> str:
+    return (f"{repo_id}@{revision} is not in the local Hub cache ({where}) and the Hub {why}. Download it on a connected "
+            f"machine (hf download {repo_id} --revision {revision}) and copy the cache, or go online.")
 
 
 def bound_hub_requests(timeout_s: float) -> None:
