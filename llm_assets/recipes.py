@@ -151,7 +151,13 @@ class TrainGroup(Group):
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     logging_steps: int = Field(10, gt=0)
     save_steps: int = Field(50, gt=0, description="Checkpoint every N optimizer steps (a killed run resumes from the last one).")
-    gradient_checkpointing: bool | None = Field(None, description="None: chosen from the hardware.")
+    gradient_checkpointing: bool | None = Field(None, description="None: chosen from the hardware (on a GPU: when the "
+                                                "stage's memory estimate without it does not fit).")
+    padding_free: bool | None = Field(None, description="TRL padding-free batches (CPT/SFT). None: on with a varlen "
+                                      "attention kernel (FlashAttention on CUDA), else off.")
+    use_liger_kernel: bool | None = Field(None, description="Liger kernels. None: on where liger_kernel is installed on CUDA.")
+    use_vllm: bool | None = Field(None, description="RLOO/GRPO generation with vLLM colocated on the training GPU. "
+                                  "None: on where vllm is installed on CUDA, else HF generate.")
     seed: int = 42
 
 

@@ -24,6 +24,9 @@ ADAPTER = ("sft.method", "lora")
 QLORA = ("quantization.quant_type", "quantization.double_quant")
 # Training-group fields that change only logs and checkpoints, never the result.
 RECORD_ONLY = ("logging_steps", "save_steps")
+# Training-group speed switches: the same loss by other kernels (Liger, TRL padding-free batches) or the same sampling
+# distribution from another engine (vLLM), equal up to rounding; their None default is resolved per machine anyway.
+SPEED_ONLY = ("padding_free", "use_liger_kernel", "use_vllm")
 # Data kinds a stage reads only for held-out measures (RLHF's SFT replies beside the policy's, quantized vs unquantized loss).
 MEASURED_ONLY = {"rlhf": ("sft",), "quantize": ("sft",)}
 
@@ -94,7 +97,7 @@ class Stage:
         out = {f: _get(dumped, f) for f in fields}
         for value in out.values():
             if isinstance(value, dict):
-                for key in RECORD_ONLY:
+                for key in (*RECORD_ONLY, *SPEED_ONLY):
                     value.pop(key, None)
         if "distributed.deepspeed" in out and out["distributed.deepspeed"]:  # its content decides, not its file name
             path = deepspeed_config_path(out["distributed.deepspeed"])
@@ -144,7 +147,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           ("rlhf", "data.max_length", "data.chat_template", *RUNTIME), adapters=True),
     Stage("quantize", "quantized_model", "Adapters merged, then bitsandbytes 4-bit NF4 (or 8-bit); size ratio and "
           "eval-loss delta reported.", "quantization", ("rlhf",), ("sft",),
-          ("quantization", "data.max_length", "data.chat_template"),
+          ("quantization", "data.max_length", "data.chat_template", "model.dtype"),  # merged and quantized in that dtype
           Gate("eval_loss_delta_within_bound", "Quantized eval loss minus unquantized at most "
                "quantization.max_eval_loss_delta.", "eval_loss_delta", threshold="quantization.max_eval_loss_delta",
                higher_is_better=False, advice="use 8-bit, or raise quantization.max_eval_loss_delta if the loss is acceptable")),

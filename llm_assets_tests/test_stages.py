@@ -39,7 +39,7 @@ def test_fields_no_stage_reads_change_no_identity(tmp_path, edit):
     ({"data": {"truncation": "left"}}, {"sft"}),
     ({"data": {"max_length": 96}}, {"base", "cpt", "sft", "reward", "rlhf", "quantize"}),
     ({"data": {"chat_template": "plain"}}, {"sft", "reward", "rlhf", "quantize"}),
-    ({"model": {"dtype": "float32"}}, {"cpt", "sft", "reward", "rlhf"}),
+    ({"model": {"dtype": "float32"}}, {"cpt", "sft", "reward", "rlhf", "quantize"}),
 ])
 def test_a_field_changes_exactly_the_stages_that_read_it(tmp_path, edit, changed):
     before, after = fingerprints(tmp_path / "a"), fingerprints(tmp_path / "b", **edit)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_assets.training.builtin import build_builtin, render_chat
-from llm_assets.training.common import copy_model_dir, write_metrics
+from llm_assets.training.common import copy_model_dir, hardware_for, model_kwargs, write_metrics
 from llm_assets.training.data import load_rows
 from llm_assets.training.evaluate import completion_loss, exact_match, text_loss
 from llm_assets.training.models import load_causal_lm, load_tokenizer
@@ -29,7 +29,7 @@ def baseline_metrics(model_dir: str | Path, spec: StageSpec) -> dict[str, Any]:
     """Eval loss on SFT replies, exact match and pre-training loss: the figures later stages are compared on."""
     recipe = spec.parsed_recipe
     limit = spec.options.get("eval_limit")
-    tok, model = load_tokenizer(model_dir), load_causal_lm(model_dir)
+    tok, model = load_tokenizer(model_dir), load_causal_lm(model_dir, **model_kwargs(hardware_for(recipe)))  # on the stage's device
     out: dict[str, Any] = {}
     sft_eval = load_rows(spec.datasets.get("sft", []), "eval", limit)
     if sft_eval:

@@ -6,6 +6,8 @@ import json
 import os
 import re
 import shutil
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import torch
 from llm_assets.paths import project_root
 from llm_assets.recipes import Recipe, TrainGroup
 from llm_assets.training.checkpoints import StoreCheckpoints
-from llm_assets.training.hardware import Hardware, choose
+from llm_assets.training.hardware import Hardware, Request, decide, machine
 from llm_assets.training.packing import score_trainable_positions_only
 from llm_assets.training.spec import StageSpec, beside
 
@@ -24,15 +26,34 @@ CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 
 
 def hardware_for(recipe: Recipe, group: TrainGroup | None = None) -> Hardware:
+    """Every device decision of the stage that trains ``group`` (None: a stage that trains nothing), from the recipe's
+    overrides and this machine; on a GPU, checkpointing follows the stage's memory estimate."""
     from llm_assets.training.memory import parameter_count
 
-    hw = choose(recipe.model.dtype, group.gradient_checkpointing if group else None, recipe.model.attn_implementation,
-                large_model=parameter_count(recipe.model.architecture) > 1e9,
-                deepspeed=recipe.distributed.processes > 1 and bool(recipe.distributed.deepspeed))
+    stage = next((name for name in ("cpt", "sft", "reward", "rlhf") if group is not None and getattr(recipe, name) is group), None)
+    want = Request(dtype=recipe.model.dtype, attn_implementation=recipe.model.attn_implementation,
+                   gradient_checkpointing=group.gradient_checkpointing if group else None,
+                   padding_free=group.padding_free if group else None,
+                   use_liger_kernel=group.use_liger_kernel if group else None, use_vllm=group.use_vllm if group else None,
+                   packing=stage in ("cpt", "sft") and recipe.data.packing,
+                   generates=stage == "rlhf" and recipe.rlhf.algorithm in ("rloo", "grpo"),
+                   deepspeed=recipe.distributed.processes > 1 and bool(recipe.distributed.deepspeed),
+                   parameters=parameter_count(recipe.model.architecture), group=stage or "model")
+    have = machine()
+    if have.cuda and stage and want.gradient_checkpointing is None:
+        want = replace(want, memory_gb=memory_without_checkpointing(recipe, stage))
+    hw = decide(want, have)
     torch.set_num_threads(hw.threads)
     if hw.device == "cpu":
         score_trainable_positions_only()
     return hw
+
+
+def memory_without_checkpointing(recipe: Recipe, stage: str) -> float:
+    """The stage's estimated device memory with gradient checkpointing off: checkpointing goes on where it does not fit."""
+    from llm_assets.stage_memory import stage_memory
+
+    return stage_memory(recipe, stage, gradient_checkpointing=False).device_gb
 
 
 def last_complete_checkpoint(directory: str | None) -> str | None:
@@ -90,6 +111,7 @@ def trainer_args(group: TrainGroup, spec: StageSpec, hw: Hardware, **extra: Any)
         fp16=hw.autocast == "float16",
         use_cpu=hw.device == "cpu",
         gradient_checkpointing=hw.gradient_checkpointing,
+        use_liger_kernel=hw.liger_kernel,
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,
@@ -114,8 +136,24 @@ def quiet(trainer):
     return trainer
 
 
-def model_kwargs(hw: Hardware) -> dict[str, Any]:
-    return {"dtype": hw.torch_dtype, "attn_implementation": hw.attn_implementation}
+def model_kwargs(hw: Hardware, training: bool = False) -> dict[str, Any]:
+    """``from_pretrained`` arguments that load a model straight onto this process's device in the stage's dtype. A model
+    DeepSpeed will train is loaded unplaced: DeepSpeed moves (under ZeRO-3, partitions) it itself."""
+    kw: dict[str, Any] = {"dtype": hw.torch_dtype, "attn_implementation": hw.attn_implementation}
+    if hw.device == "cuda" and not (training and hw.deepspeed):
+        kw["device_map"] = {"": hw.torch_device}
+    return kw
+
+
+def trainable_in_compute_dtype(trainer, hw: Hardware):
+    """TRL's reward and RLOO/GRPO trainers cast a quantized model's trainable weights to bf16 (QLoRA's recipe), which
+    only works under bf16 autocast: without it (a CPU in fp32) a trained head such as the reward model's score layer
+    gets fp32 inputs and fails. There they go back to the stage's dtype; the optimizer is built later, at train()."""
+    if hw.autocast == "none":
+        for p in trainer.model.parameters():
+            if p.requires_grad and p.dtype != hw.torch_dtype:
+                p.data = p.data.to(hw.torch_dtype)
+    return trainer
 
 
 def lora_config(recipe: Recipe, task_type: str = "CAUSAL_LM"):
@@ -139,16 +177,34 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def save_trained(trainer, tokenizer, output_dir: str | Path, merge_adapter: bool = False) -> bool:
+def save_trained(trainer, tokenizer, output_dir: str | Path, merge_adapter: bool = False, full_base: str | Path | None = None) -> bool:
     """Save what ``trainer`` trained (all ranks take part: ZeRO-3 gathers the shards); True on the main process.
 
-    Evaluation then reloads the saved directory on the main process only, so it measures exactly
+    ``merge_adapter`` saves a whole model with the adapter merged in: under ZeRO-3 every rank gathers the partitioned
+    weights first (rank 0 alone would merge empty shards); on a 4-bit (QLoRA) base the adapter is merged into
+    ``full_base``, the unquantized model that base was quantized from, never into 4-bit weights, whose rounding would
+    swallow the update. Evaluation then reloads the saved directory on the main process only, so it measures exactly
     what was committed, whatever the parallelism was.
     """
     out = Path(output_dir)
-    if merge_adapter and hasattr(trainer.model, "merge_and_unload"):
-        if trainer.is_world_process_zero():
-            trainer.model.merge_and_unload().save_pretrained(out)
+    model = trainer.model
+    if merge_adapter and hasattr(model, "merge_and_unload"):
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+        if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+            if full_base is None:
+                raise ValueError("save_trained: an adapter on a quantized base needs full_base, the unquantized model, to merge into")
+            if trainer.is_world_process_zero():
+                _merge_into(model, full_base, out)
+        elif is_deepspeed_zero3_enabled():
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+                if trainer.is_world_process_zero():
+                    merged = model.merge_and_unload()
+                    merged.save_pretrained(out, state_dict={k: v.detach().cpu().clone() for k, v in merged.state_dict().items()})
+        elif trainer.is_world_process_zero():
+            model.merge_and_unload().save_pretrained(out)
     else:
         trainer.save_model(str(out))
     if trainer.is_world_process_zero():
@@ -162,6 +218,19 @@ def save_trained(trainer, tokenizer, output_dir: str | Path, merge_adapter: bool
         unset_hf_deepspeed_config()  # models loaded from here on are whole, not ZeRO-3 partitions
         return True
     return False
+
+
+def _merge_into(peft_model, full_base: str | Path, out: Path) -> None:
+    """The trained adapter (with its modules_to_save, e.g. a reward head) applied to the unquantized base and merged."""
+    from peft import PeftModel
+
+    quantized = peft_model.get_base_model()
+    config = quantized.config
+    with tempfile.TemporaryDirectory() as adapter:
+        peft_model.save_pretrained(adapter)
+        whole = type(quantized).from_pretrained(full_base, dtype=quantized.dtype, num_labels=config.num_labels,
+                                                pad_token_id=config.pad_token_id)
+        PeftModel.from_pretrained(whole, adapter).merge_and_unload().save_pretrained(out)
 
 
 def write_metrics(output_dir: str | Path, metrics: dict[str, Any]) -> None:

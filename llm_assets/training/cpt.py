@@ -6,7 +6,7 @@ from typing import Any
 
 from trl import SFTConfig, SFTTrainer
 
-from llm_assets.training.common import hardware_for, quiet, save_trained, train_resuming, trainer_args, write_metrics
+from llm_assets.training.common import hardware_for, model_kwargs, quiet, save_trained, train_resuming, trainer_args, write_metrics
 from llm_assets.training.data import load_rows, text_dataset
 from llm_assets.training.evaluate import text_loss
 from llm_assets.training.models import load_causal_lm, load_tokenizer
@@ -22,12 +22,14 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     parent = spec.inputs["model"]
     train = load_rows(spec.datasets["pretraining"], "train")
     held_out = [r["text"] for r in load_rows(spec.datasets["pretraining"], "eval", spec.options.get("eval_limit"))]
-    tok, model = load_tokenizer(parent), load_causal_lm(parent, hw.torch_dtype, attn_implementation=hw.attn_implementation)
-    before = text_loss(model, tok, held_out, recipe.data.max_length)["eval_loss"]
+    if hw.padding_free and not recipe.data.packing:
+        raise ValueError("cpt.padding_free: true needs data.packing: true (unpacked documents would not be cut to data.max_length)")
+    tok, model = load_tokenizer(parent), load_causal_lm(parent, **model_kwargs(hw, training=True))
+    before = text_loss(model, tok, held_out, recipe.data.max_length)["eval_loss"]  # under DeepSpeed the model is still on the host
     reporter.log(f"[cpt] {len(train)} documents, {hw.why}; parent eval loss {before:.4f}")
 
     args = SFTConfig(**trainer_args(group, spec, hw), max_length=recipe.data.max_length, dataset_text_field="text",
-                     packing=recipe.data.packing, completion_only_loss=False)
+                     packing=recipe.data.packing, padding_free=hw.padding_free, completion_only_loss=False)
     callback = LogCallback(reporter, "cpt")
     trainer = SFTTrainer(model=model, args=args, train_dataset=text_dataset(train), processing_class=tok, callbacks=[callback])
     trainer = quiet(use_packing_collator(trainer, tok, hw) if recipe.data.packing else trainer)
@@ -35,7 +37,7 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     if not save_trained(trainer, tok, spec.output_dir):
         return {}
 
-    after = text_loss(load_causal_lm(spec.output_dir), tok, held_out, recipe.data.max_length)["eval_loss"]
+    after = text_loss(load_causal_lm(spec.output_dir, **model_kwargs(hw)), tok, held_out, recipe.data.max_length)["eval_loss"]
     metrics = {"parent_eval_loss": before, "eval_loss": after, "train_loss": result.training_loss,
                "steps": trainer.state.global_step, "train_documents": len(train), "resumed_from": resume or "",
                "tokens_seen": trainer.state.num_input_tokens_seen, "hardware": hw.as_dict(), "log_history": callback.history}

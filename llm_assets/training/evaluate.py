@@ -1,5 +1,7 @@
 """Evaluation shared by every stage: held-out loss, exact match by generation, reward scores,
-win rate and KL. Small and batched: it runs after every stage on a CPU."""
+win rate and KL. Batched, on the device the model was loaded on (inputs follow the model), with
+batches small enough that their logits stay within ``LOGITS_BUDGET``: an 8 B model's 128 k-token
+vocabulary would otherwise need tens of GB for one batch of full-length rows."""
 
 from __future__ import annotations
 
@@ -11,21 +13,29 @@ import torch.nn.functional as F
 
 from llm_assets.training.tokens import LEFT_OUT, TRUNCATED, encode_pairs, preference_tokens, prompt_text
 
+LOGITS_BUDGET = 2**28  # logits elements per batch (1 GB in fp32): a tiny model's batches never reach it
+
+
+def rows_within_budget(model, width: int, batch_size: int) -> int:
+    """Rows per batch: ``batch_size``, fewer where rows of ``width`` tokens would exceed the logits budget."""
+    vocab = model.config.get_text_config().vocab_size
+    return max(1, min(batch_size, LOGITS_BUDGET // max(1, width * vocab)))
+
 
 def _batches(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i:i + size]
 
 
-def _padded(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and attention mask (a sequence-classification head reads the last real token)."""
+def _padded(seqs: list[list[int]], pad_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask on ``device`` (a sequence-classification head reads the last real token)."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id)
     mask = torch.zeros_like(ids)
     for i, s in enumerate(seqs):
         ids[i, :len(s)] = torch.tensor(s)
         mask[i, :len(s)] = 1
-    return ids, mask
+    return ids.to(device), mask.to(device)
 
 
 @torch.no_grad()
@@ -33,12 +43,12 @@ def reply_logprobs(model, tok, prompts, replies, template: str, max_length: int,
     """Per example: log p of each reply token given everything before it."""
     model.eval()
     out = []
-    for batch in _batches(encode_pairs(tok, prompts, replies, template, max_length), batch_size):
-        ids, mask = _padded([seq for seq, _ in batch], tok.pad_token_id)
+    for batch in _batches(encode_pairs(tok, prompts, replies, template, max_length), rows_within_budget(model, max_length, batch_size)):
+        ids, mask = _padded([seq for seq, _ in batch], tok.pad_token_id, model.device)
         logp = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
         tok_lp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
         for i, (seq, start) in enumerate(batch):
-            out.append(tok_lp[i, max(start - 1, 0):len(seq) - 1].clone())
+            out.append(tok_lp[i, max(start - 1, 0):len(seq) - 1].to("cpu", copy=True))
     return out
 
 
@@ -54,8 +64,9 @@ def completion_loss(model, tok, rows: list[dict[str, Any]], template: str, max_l
 def text_loss(model, tok, texts: list[str], max_length: int, batch_size: int = 16) -> dict[str, float]:
     model.eval()
     nll, n = 0.0, 0
-    for batch in _batches(texts, batch_size):
-        enc = tok([t + tok.eos_token for t in batch], return_tensors="pt", padding=True, truncation=True, max_length=max_length, add_special_tokens=False)
+    for batch in _batches(texts, rows_within_budget(model, max_length, batch_size)):
+        enc = tok([t + tok.eos_token for t in batch], return_tensors="pt", padding=True, truncation=True, max_length=max_length,
+                  add_special_tokens=False).to(model.device)
         labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
         logits = model(**enc).logits[:, :-1].float()
         tgt = labels[:, 1:]
@@ -68,15 +79,18 @@ def text_loss(model, tok, texts: list[str], max_length: int, batch_size: int = 1
 @torch.no_grad()
 def generate(model, tok, prompts, template: str, max_new_tokens: int, do_sample: bool = False,
              temperature: float = 1.0, batch_size: int = 32, seed: int = 0) -> list[str]:
+    """Replies to ``prompts``, a batch at a time: left-padded (so every row's reply starts at the same column) and
+    decoded with the KV cache."""
     model.eval()
     torch.manual_seed(seed)
     side, tok.padding_side = tok.padding_side, "left"
     out = []
     try:
         for batch in _batches(list(prompts), batch_size):
-            enc = tok([prompt_text(tok, p, template) for p in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tok([prompt_text(tok, p, template) for p in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature if do_sample else None,
-                                 top_p=None, top_k=None, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                                 top_p=None, top_k=None, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                 use_cache=True)
             out += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     finally:
         tok.padding_side = side
@@ -95,7 +109,7 @@ def sequence_scores(rm, tok, seqs: list[list[int]], batch_size: int = 32) -> lis
     rm.eval()
     scores = []
     for batch in _batches(seqs, batch_size):
-        ids, mask = _padded(batch, tok.pad_token_id)
+        ids, mask = _padded(batch, tok.pad_token_id, rm.device)
         scores += rm(input_ids=ids, attention_mask=mask).logits[:, 0].float().tolist()
     return scores
 

@@ -5,18 +5,34 @@ need, and bf16 pays only where the CPU multiplies bf16 natively (AVX512-BF16 or 
 bf16 autocast over fp32 weights made a 7 M parameter SFT step 1.47x faster on this project's
 2-core machine; without it bf16 is emulated and slower than fp32. A recipe can override each.
 
+On a GPU the fast path is on wherever its package is installed: bf16, FlashAttention 2 (else
+SDPA), TRL's padding-free batches (with a varlen kernel), Liger kernels, vLLM generation for
+RLOO/GRPO, and checkpointing only when the stage's memory estimate does not fit the GPU.
+
+``decide`` is a pure function of what the recipe asks (``Request``) and what the machine has
+(``Machine``), so every combination is tested without a GPU; ``choose`` reads the machine.
+Each choice carries its reason into the ``Hardware`` report every stage stores in its metrics.
+
 Threading is chosen here too, for the training child process (``training_thread_env``), because
 the CPU is shared: under ``dagster dev`` the webserver, daemon, code server and other runs use it.
 """
 
 from __future__ import annotations
 
+import gc
+import importlib.metadata
 import importlib.util
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
+
+# Importable module -> its distribution on PyPI (the version is read from the distribution).
+KERNEL_PACKAGES = {"flash_attn": "flash-attn", "liger_kernel": "liger-kernel", "vllm": "vllm"}
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
+LARGE_MODEL_PARAMETERS = 1e9  # checkpointing without a memory estimate: above this many parameters
+GB = 1e9  # as the memory estimator counts
 
 
 @dataclass(frozen=True)
@@ -28,6 +44,11 @@ class Hardware:
     attn_implementation: str
     threads: int
     why: str
+    padding_free: bool = False  # TRL's one-row batches, documents kept apart by a varlen attention kernel
+    liger_kernel: bool = False  # TrainingArguments.use_liger_kernel
+    vllm: bool = False  # RLOO/GRPO generate with vLLM colocated on the training GPU
+    deepspeed: bool = False  # DeepSpeed places (and under ZeRO-3 partitions) the training model itself
+    choices: tuple[str, ...] = ()  # "what: reason", one per decision
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -35,6 +56,43 @@ class Hardware:
     @property
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
+
+    @property
+    def torch_device(self) -> str:
+        """This process's device: under torchrun each rank owns the GPU of its LOCAL_RANK."""
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if self.device == "cuda" else "cpu"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the decisions depend on; ``machine()`` reads it from this process's hardware."""
+
+    cuda: bool
+    name: str = "CPU"
+    bf16: bool = False  # GPU: bf16 supported; CPU: native bf16 matmul (AVX512-BF16 or AMX)
+    capability: tuple[int, int] = (0, 0)  # CUDA compute capability
+    memory_gb: float | None = None  # one GPU's memory
+    packages: Mapping[str, str] = field(default_factory=dict)  # importable kernel package -> version
+    threads: int = 1
+    waits: str = "spin"  # OMP_WAIT_POLICY
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a recipe asks of one stage; 'auto' and None are chosen from the machine."""
+
+    dtype: str = "auto"
+    attn_implementation: str = "auto"
+    gradient_checkpointing: bool | None = None
+    padding_free: bool | None = None
+    use_liger_kernel: bool | None = None
+    use_vllm: bool | None = None
+    packing: bool = False  # the stage packs several documents per row (data.packing, CPT/SFT)
+    generates: bool = False  # the stage samples completions while training (RLOO/GRPO)
+    deepspeed: bool = False
+    memory_gb: float | None = None  # the stage's memory estimate without checkpointing; None: no estimate
+    parameters: float = 0
+    group: str = "sft"  # the recipe group the overrides are read from, for messages
 
 
 def cpu_cores() -> int:
@@ -76,33 +134,134 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, check, lambda: False)() for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
+def free_device_memory() -> None:
+    """Return the memory of models a stage is done with (after ``del``) before it loads the next ones: a stage that
+    trains and then evaluates on one GPU must not hold both sets at once."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def installed_kernels() -> dict[str, str]:
+    """Kernel packages this interpreter can import (found, not imported: importing vLLM takes seconds), with versions."""
+    found = {}
+    for module, dist in KERNEL_PACKAGES.items():
+        if importlib.util.find_spec(module) is not None:
+            try:
+                found[module] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                found[module] = "unknown version"
+    return found
+
+
+def machine() -> Machine:
+    waits = os.environ.get("OMP_WAIT_POLICY", "spin").lower()
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return Machine(cuda=True, name=props.name, bf16=torch.cuda.is_bf16_supported(), capability=(props.major, props.minor),
+                       memory_gb=props.total_memory / GB, packages=installed_kernels(), threads=cpu_threads(), waits=waits)
+    return Machine(cuda=False, bf16=cpu_has_native_bf16(), packages=installed_kernels(), threads=cpu_threads(), waits=waits)
+
+
 def choose(dtype: str = "auto", gradient_checkpointing: bool | None = None, attn_implementation: str = "auto",
-           large_model: bool = False, deepspeed: bool = False) -> Hardware:
-    """Resolve 'auto' / None recipe values for the machine this process runs on.
+           **request) -> Hardware:
+    """Resolve a recipe's 'auto' / None values (``Request`` fields) on the machine this process runs on."""
+    return decide(Request(dtype=dtype, gradient_checkpointing=gradient_checkpointing,
+                          attn_implementation=attn_implementation, **request), machine())
+
+
+def decide(want: Request, have: Machine) -> Hardware:
+    """Every device decision of one stage, with its reason; an override the machine cannot honour is an error.
 
     An explicit dtype means weights and matmuls in that dtype; 'auto' on a CPU keeps fp32 weights
     (the optimizer needs them) and autocasts to bf16 only where the CPU has native bf16, and not under
     DeepSpeed, which casts the weights themselves to bf16 instead (unmeasured on CPU; one CI run aborted).
     """
-    if torch.cuda.is_available():
-        auto_dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        auto_autocast, auto_attn = auto_dtype, "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
-        auto_ckpt, device, why = large_model, "cuda", f"GPU {torch.cuda.get_device_name(0)}"
+    g = want.group
+    choices: list[str] = []
+    if have.cuda:
+        dtype = "bfloat16" if have.bf16 else "float16"
+        autocast, why_dtype = dtype, f"{dtype}: {'the GPU has bf16' if have.bf16 else 'the GPU has no bf16'}"
     else:
-        auto_dtype, auto_attn, auto_ckpt, device = "float32", "sdpa", False, "cpu"
-        native = cpu_has_native_bf16() and not deepspeed
-        auto_autocast = "bfloat16" if native else "none"
-        why = (f"CPU: fp32 weights, {'bf16 autocast (native bf16 matmul)' if native else 'fp32 matmuls'}, "
-               f"no gradient checkpointing (recompute costs more than the memory saves), {cpu_threads()} threads "
-               f"({os.environ.get('OMP_WAIT_POLICY', 'spin').lower()} waits)")
-    if dtype != "auto":
-        auto_dtype, auto_autocast = dtype, dtype if dtype != "float32" else "none"
-    return Hardware(
-        device=device,
-        dtype=auto_dtype,
-        autocast=auto_autocast,
-        gradient_checkpointing=auto_ckpt if gradient_checkpointing is None else gradient_checkpointing,
-        attn_implementation=auto_attn if attn_implementation == "auto" else attn_implementation,
-        threads=cpu_threads(),
-        why=why,
-    )
+        native = have.bf16 and not want.deepspeed
+        dtype, autocast = "float32", "bfloat16" if native else "none"
+        why_dtype = ("float32 weights, bf16 autocast: native bf16 matmul" if native else
+                     "float32: " + ("DeepSpeed casts weights itself" if have.bf16 else "bf16 is emulated on this CPU, slower than fp32"))
+    if want.dtype != "auto":
+        dtype, autocast, why_dtype = want.dtype, want.dtype if want.dtype != "float32" else "none", f"{want.dtype}: model.dtype"
+    choices.append(f"dtype {why_dtype}")
+
+    attn, why_attn = _attention(want, have, dtype)
+    choices.append(f"{attn}: {why_attn}")
+    varlen = attn in VARLEN_ATTENTION
+
+    if want.padding_free is not None:
+        if want.padding_free is False and varlen and want.packing:
+            raise ValueError(f"{g}.padding_free: false with data.packing needs an attention kernel that reads a per-row "
+                             f"mask, but {attn} would attend across the packed documents: set model.attn_implementation: "
+                             "sdpa, or remove the key")
+        padding_free, why_pf = want.padding_free, f"{g}.padding_free"
+    elif varlen:
+        padding_free, why_pf = True, f"{attn} keeps the documents of one flattened row apart"
+    else:
+        padding_free, why_pf = False, f"{attn} has no varlen kernel: one packed bin per row"
+    choices.append(f"padding_free {padding_free}: {why_pf}")
+
+    liger, why_liger = _optional_kernel(want.use_liger_kernel, "liger_kernel", f"{g}.use_liger_kernel", have)
+    choices.append(f"liger_kernel {liger}: {why_liger}")
+    if want.generates:
+        vllm, why_vllm = _optional_kernel(want.use_vllm, "vllm", f"{g}.use_vllm", have)
+        why_vllm += "" if vllm else "; HF generate"
+    else:
+        vllm, why_vllm = False, "no online generation in this stage"
+    choices.append(f"vllm {vllm}: {why_vllm}")
+
+    ckpt, why_ckpt = _checkpointing(want, have)
+    choices.append(f"gradient_checkpointing {ckpt}: {why_ckpt}")
+
+    matmuls = {"bfloat16": "bf16 autocast", "float16": "fp16 autocast"}.get(autocast, "fp32 matmuls")
+    where = f"GPU {have.name}" if have.cuda else "CPU"
+    why = (f"{where}: {dtype} weights, {matmuls}, {attn}, gradient checkpointing {'on' if ckpt else 'off'}, "
+           f"{have.threads} threads ({have.waits} waits)")
+    return Hardware(device="cuda" if have.cuda else "cpu", dtype=dtype, autocast=autocast, gradient_checkpointing=ckpt,
+                    attn_implementation=attn, threads=have.threads, why=why, padding_free=padding_free, liger_kernel=liger,
+                    vllm=vllm, deepspeed=want.deepspeed, choices=tuple(choices))
+
+
+def _attention(want: Request, have: Machine, dtype: str) -> tuple[str, str]:
+    if want.attn_implementation != "auto":
+        return want.attn_implementation, "model.attn_implementation"
+    if not have.cuda:
+        return "sdpa", "CPU (FlashAttention is CUDA only)"
+    if "flash_attn" not in have.packages:
+        return "sdpa", "flash_attn not installed"
+    if have.capability < (8, 0):
+        return "sdpa", f"flash_attn {have.packages['flash_attn']} needs compute capability 8.0, this GPU has {have.capability[0]}.{have.capability[1]}"
+    if dtype == "float32":
+        return "sdpa", "FlashAttention 2 runs in bf16/fp16 only, the weights are float32"
+    return "flash_attention_2", f"flash_attn {have.packages['flash_attn']} installed on CUDA"
+
+
+def _optional_kernel(wanted: bool | None, module: str, key: str, have: Machine) -> tuple[bool, str]:
+    """A CUDA-only package: on where installed unless the recipe says false; asked for where it cannot run, an error."""
+    if wanted is False:
+        return False, f"{key}: false"
+    if have.cuda and module in have.packages:
+        return True, f"{module} {have.packages[module]} installed on CUDA" + (f" ({key})" if wanted else "")
+    missing = "not on a CPU (CUDA only)" if not have.cuda else f"{module} is not installed (pip install {KERNEL_PACKAGES[module]})"
+    if wanted:
+        raise ValueError(f"{key}: true, but {missing}: remove the key or set it to false")
+    return False, missing
+
+
+def _checkpointing(want: Request, have: Machine) -> tuple[bool, str]:
+    if want.gradient_checkpointing is not None:
+        return want.gradient_checkpointing, f"{want.group}.gradient_checkpointing"
+    if not have.cuda:
+        return False, "CPU: recompute costs more time than the memory saves"
+    if want.memory_gb is not None and have.memory_gb is not None:
+        need = want.memory_gb > have.memory_gb
+        return need, (f"the stage's estimate without it, {want.memory_gb:.1f} GB, "
+                      f"{'exceeds' if need else 'fits'} the GPU's {have.memory_gb:.1f} GB")
+    need = want.parameters > LARGE_MODEL_PARAMETERS
+    return need, f"no memory estimate: {want.parameters / 1e9:.2f} B parameters {'>' if need else '<='} 1 B"

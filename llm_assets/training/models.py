@@ -30,19 +30,32 @@ def load_tokenizer(directory: str | Path):
 
 
 def load_causal_lm(directory: str | Path, dtype: torch.dtype = torch.float32, base_dir: str | None = None,
-                   attn_implementation: str | None = None) -> PreTrainedModel:
-    """A plain model; a LoRA adapter is applied to its base and merged (what evaluation and export need)."""
+                   attn_implementation: str | None = None, device_map: dict | str | None = None,
+                   quantization_config=None) -> PreTrainedModel:
+    """A plain model; a LoRA adapter is applied to its base and merged (what evaluation and export need).
+
+    ``dtype``/``device_map`` (``common.model_kwargs``) load it straight onto the stage's device: an 8 B model is never
+    materialised in fp32 on the host. A ``quantization_config`` quantizes a whole model as it loads (an adapter's base stays whole: it is merged into)."""
     directory = Path(directory)
     if is_adapter(directory):
         from peft import PeftModel
 
-        base = load_causal_lm(base_dir or adapter_base(directory), dtype, attn_implementation=attn_implementation)
+        base = load_causal_lm(base_dir or adapter_base(directory), dtype, attn_implementation=attn_implementation, device_map=device_map)
         return PeftModel.from_pretrained(base, directory).merge_and_unload()
-    return AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation=attn_implementation)
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation=attn_implementation,
+                                                device_map=device_map, **quantized(quantization_config))
 
 
-def load_reward_model(directory: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    return AutoModelForSequenceClassification.from_pretrained(directory, dtype=dtype, num_labels=1)
+def load_reward_model(directory: str | Path, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None,
+                      device_map: dict | str | None = None, quantization_config=None) -> PreTrainedModel:
+    return AutoModelForSequenceClassification.from_pretrained(directory, dtype=dtype, num_labels=1, attn_implementation=attn_implementation,
+                                                              device_map=device_map, **quantized(quantization_config))
+
+
+def quantized(quantization_config) -> dict:
+    """``quantization_config`` only when there is one: passing None makes transformers ignore the one a saved 4-bit
+    checkpoint's config.json carries, and its packed weights then fail to load."""
+    return {} if quantization_config is None else {"quantization_config": quantization_config}
 
 
 def parameter_count(model: torch.nn.Module, trainable_only: bool = False) -> int:

@@ -15,8 +15,6 @@ from typing import Any
 
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
-
 
 @dataclass
 class PackedRowsCollator(DataCollatorForLanguageModeling):
@@ -37,11 +35,12 @@ class PackedRowsCollator(DataCollatorForLanguageModeling):
 
 
 def use_packing_collator(trainer, tok, hw):
-    """A packing trainer gets our row-wise collator unless a varlen kernel makes TRL's single-row batch the cheaper one.
+    """A packing trainer gets our row-wise collator unless the hardware chose TRL's padding-free single-row batches
+    (``hw.padding_free``: on by default only with a varlen kernel, where they are the cheaper layout).
 
     Set after construction: SFTTrainer refuses a custom collator together with BFD packing.
     """
-    if not any(k in hw.attn_implementation for k in VARLEN_ATTENTION):
+    if not hw.padding_free:
         trainer.data_collator = PackedRowsCollator(pad_token_id=tok.pad_token_id)
     return trainer
 

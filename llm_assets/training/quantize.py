@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM
 
-from llm_assets.training.common import quantization_config, write_metrics
+from llm_assets.training.common import hardware_for, model_kwargs, quantization_config, write_metrics
 from llm_assets.training.data import load_rows
 from llm_assets.training.evaluate import completion_loss
 from llm_assets.training.models import load_causal_lm, load_tokenizer
@@ -43,21 +43,24 @@ def linear_bytes(model: torch.nn.Module) -> int:
 def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     recipe = spec.parsed_recipe
     q = recipe.quantization
+    hw = hardware_for(recipe)
+    placed = model_kwargs(hw)  # merged and quantized on the stage's device, in its dtype (fp32 on a CPU)
     source = spec.inputs["model"]
     tok = load_tokenizer(source)
     held_out = load_rows(spec.datasets["sft"], "eval", spec.options.get("eval_limit"))
     with tempfile.TemporaryDirectory() as tmp:
-        merged = load_causal_lm(source, torch.float32)
+        merged = load_causal_lm(source, **placed)
         merged.save_pretrained(tmp)
         reference = completion_loss(merged, tok, held_out, recipe.data.chat_template, recipe.data.max_length)["eval_loss"]
-        fp32_linear = linear_bytes(merged)
-        qc = quantization_config(q.bits, torch.float32, q.quant_type, q.double_quant)
-        quantized = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=qc, device_map="cpu" if not torch.cuda.is_available() else "auto")
+        fp32_linear = linear_bytes(merged) * 4 // merged.dtype.itemsize  # as fp32, whatever dtype it was merged in
+        del merged
+        qc = quantization_config(q.bits, hw.torch_dtype, q.quant_type, q.double_quant)
+        quantized = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=qc, **{"device_map": "cpu", **placed})
         loss = completion_loss(quantized, tok, held_out, recipe.data.chat_template, recipe.data.max_length)["eval_loss"]
         full_size = weights_bytes(tmp)
         metrics = {"bits": q.bits, "quant_type": q.quant_type if q.bits == 4 else "int8", "unquantized_eval_loss": reference,
                    "eval_loss": loss, "eval_loss_delta": loss - reference, "unquantized_bytes": full_size,
-                   "linear_bytes_ratio": linear_bytes(quantized) / fp32_linear}
+                   "linear_bytes_ratio": linear_bytes(quantized) / fp32_linear, "hardware": hw.as_dict()}
         quantized.save_pretrained(spec.output_dir)
         tok.save_pretrained(spec.output_dir)
     metrics["quantized_bytes"] = weights_bytes(spec.output_dir)

@@ -10,14 +10,26 @@ from __future__ import annotations
 from typing import Any
 
 from datasets import Dataset
-from transformers import set_seed
+from transformers import AutoModelForSequenceClassification, set_seed
 from trl import RewardConfig, RewardTrainer
 
-from llm_assets.training.common import hardware_for, lora_config, quiet, save_trained, train_resuming, trainer_args, write_metrics
+from llm_assets.training.common import (
+    hardware_for,
+    lora_config,
+    model_kwargs,
+    quiet,
+    save_trained,
+    train_resuming,
+    trainable_in_compute_dtype,
+    trainer_args,
+    write_metrics,
+)
 from llm_assets.training.data import load_rows
 from llm_assets.training.evaluate import pairwise_accuracy
-from llm_assets.training.models import load_reward_model, load_tokenizer, whole_model_dir
+from llm_assets.training.hardware import free_device_memory
+from llm_assets.training.models import is_adapter, load_causal_lm, load_reward_model, load_tokenizer, whole_model_dir
 from llm_assets.training.report import LogCallback, Reporter
+from llm_assets.training.sft import load_for_training
 from llm_assets.training.spec import StageSpec
 from llm_assets.training.tokens import pairs_summary, usable_pairs
 
@@ -39,31 +51,39 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     train = load_rows(spec.datasets["preference"], "train")
     held_out = load_rows(spec.datasets["preference"], "eval", spec.options.get("eval_limit"))
     tok = load_tokenizer(init)
-    with whole_model_dir(init) as start:  # a LoRA SFT model starts the reward model from its merged weights
+    # A LoRA SFT model starts the reward model from its merged weights (merged on the host in the stage's dtype);
+    # a QLoRA recipe quantizes them to 4 bits and merges the trained adapter back into them.
+    merged = load_causal_lm(init, hw.torch_dtype) if is_adapter(init) else None
+    with whole_model_dir(init, merged=merged) as start:
         set_seed(group.seed)  # the new score head's initial weights: same recipe, same reward model
-        model = load_reward_model(start, hw.torch_dtype)
-    model.config.pad_token_id = tok.pad_token_id
-    before = pairwise_accuracy(model, tok, held_out, template, recipe.data.max_length)
-    reporter.log(f"[reward] {len(train)} pairs, {hw.why}; untrained head accuracy {before['reward_accuracy']:.1%}")
-    dataset, fit = pair_dataset(train, tok, template, recipe.data.max_length, reporter)
+        model = load_for_training(start, recipe.sft.method, recipe, hw, AutoModelForSequenceClassification, num_labels=1)
+        model.config.pad_token_id = tok.pad_token_id
+        quantized_base = bool(getattr(model, "is_loaded_in_4bit", False))
+        before = pairwise_accuracy(model, tok, held_out, template, recipe.data.max_length)
+        reporter.log(f"[reward] {len(train)} pairs, {hw.why}; untrained head accuracy {before['reward_accuracy']:.1%}")
+        dataset, fit = pair_dataset(train, tok, template, recipe.data.max_length, reporter)
 
-    args = RewardConfig(**trainer_args(group, spec, hw, include_num_input_tokens_seen="no"), max_length=recipe.data.max_length)
-    callback = LogCallback(reporter, "reward")
-    trainer = quiet(RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
-                                  peft_config=lora_config(recipe, "SEQ_CLS") if recipe.sft.method != "full" else None, callbacks=[callback]))
-    result, resume = train_resuming(trainer, reporter, spec)
-    if not save_trained(trainer, tok, spec.output_dir, merge_adapter=True):
-        return {}
+        args = RewardConfig(**trainer_args(group, spec, hw, include_num_input_tokens_seen="no"), max_length=recipe.data.max_length)
+        callback = LogCallback(reporter, "reward")
+        trainer = quiet(RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
+                                      peft_config=lora_config(recipe, "SEQ_CLS") if recipe.sft.method != "full" else None, callbacks=[callback]))
+        trainable_in_compute_dtype(trainer, hw)
+        result, resume = train_resuming(trainer, reporter, spec)
+        if not save_trained(trainer, tok, spec.output_dir, merge_adapter=True, full_base=start):
+            return {}
+    steps = trainer.state.global_step
+    del trainer, model
+    free_device_memory()
 
-    after = pairwise_accuracy(load_reward_model(spec.output_dir), tok, held_out, template, recipe.data.max_length)
+    after = pairwise_accuracy(load_reward_model(spec.output_dir, **model_kwargs(hw)), tok, held_out, template, recipe.data.max_length)
     metrics = {"parent_reward_accuracy": before["reward_accuracy"], "reward_accuracy": after["reward_accuracy"],
                "decided_accuracy": after["decided_accuracy"], "parent_tie_rate": before["tie_rate"], "ties": after["ties"],
                "tie_rate": after["tie_rate"], "reward_margin": after["reward_margin"], "eval_pairs": after["pairs"],
                "eval_pairs_left_out": after["pairs_left_out"], "eval_pairs_indistinguishable": after["indistinguishable_pairs"],
                "train_pairs": len(train), "train_pairs_used": len(dataset), "train_pairs_truncated": fit["truncated"],
                "train_pairs_left_out": fit["left_out"], "train_pairs_indistinguishable": fit["indistinguishable"],
-               "train_loss": result.training_loss, "steps": trainer.state.global_step, "resumed_from": resume or "",
-               "hardware": hw.as_dict(), "log_history": callback.history}
+               "train_loss": result.training_loss, "steps": steps, "resumed_from": resume or "",
+               "quantized_base": quantized_base, "hardware": hw.as_dict(), "log_history": callback.history}
     write_metrics(spec.output_dir, metrics)
     reporter.log(f"[reward] pairwise accuracy (a tie counts half) {before['reward_accuracy']:.1%} -> {after['reward_accuracy']:.1%}, "
                  f"ties {after['ties']} of {after['pairs']} held-out pairs")

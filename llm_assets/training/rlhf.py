@@ -10,23 +10,27 @@ from __future__ import annotations
 from typing import Any
 
 from datasets import Dataset
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForSequenceClassification
 from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from llm_assets.training.common import (
     hardware_for,
     lora_config,
     model_kwargs,
+    quantization_config,
     quiet,
     save_trained,
     train_resuming,
+    trainable_in_compute_dtype,
     trainer_args,
     write_metrics,
 )
 from llm_assets.training.data import load_rows, prompt_dataset
 from llm_assets.training.evaluate import exact_match, generate, kl_to_reference, reward_scores
-from llm_assets.training.models import load_causal_lm, load_reward_model, load_tokenizer, whole_model_dir
+from llm_assets.training.hardware import free_device_memory
+from llm_assets.training.models import is_adapter, load_causal_lm, load_reward_model, load_tokenizer, whole_model_dir
 from llm_assets.training.report import LogCallback, Reporter
+from llm_assets.training.sft import load_for_training
 from llm_assets.training.spec import StageSpec
 from llm_assets.training.tokens import pairs_summary, usable_pairs
 
@@ -70,45 +74,53 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     recipe = spec.parsed_recipe
     g = recipe.rlhf
     hw = hardware_for(recipe, g)
+    method = recipe.sft.method
     template = recipe.data.chat_template
-    tok = load_tokenizer(spec.inputs["model"])
+    sft, reward = spec.inputs["model"], spec.inputs.get("reward")
+    tok = load_tokenizer(sft)
     train = load_rows(spec.datasets["preference"], "train")
     held_out = load_rows(spec.datasets["preference"], "eval", spec.options.get("eval_limit"))
     sft_eval = load_rows(spec.datasets.get("sft", []), "eval", spec.options.get("eval_limit"))
-    reference = load_causal_lm(spec.inputs["model"])
-    rm = load_reward_model(spec.inputs["reward"]) if "reward" in spec.inputs else None
 
-    with whole_model_dir(spec.inputs["model"], merged=reference) as start:
-        policy = AutoModelForCausalLM.from_pretrained(start, **model_kwargs(hw))
-    peft = lora_config(recipe) if recipe.sft.method != "full" else None
-    common = trainer_args(g, spec, hw, include_num_input_tokens_seen="no")
-    callback = LogCallback(reporter, f"rlhf/{g.algorithm}")
-    fit: dict[str, int] = {}  # DPO: what happened to the preference pairs (fit, truncated, left_out, indistinguishable)
-    if g.algorithm == "dpo":
-        pairs, fit = usable_pairs(train, tok, template, recipe.data.max_length)
-        reporter.log(f"[rlhf] {pairs_summary(fit, recipe.data.max_length)}")
-        args = DPOConfig(**common, beta=g.beta, max_length=recipe.data.max_length)
-        trainer = PretokenizedDPOTrainer(model=policy, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tok,
-                                         peft_config=peft, callbacks=[callback])
-    else:
-        Config, Trainer = (RLOOConfig, RLOOTrainer) if g.algorithm == "rloo" else (GRPOConfig, GRPOTrainer)
-        args = Config(**common, beta=g.beta, num_generations=g.num_generations, max_completion_length=g.max_new_tokens,
-                      temperature=g.temperature, )
-        rm.config.pad_token_id = tok.pad_token_id
-        trainer = Trainer(model=policy, reward_funcs=rm, args=args, train_dataset=prompt_dataset(train, template),
-                          processing_class=tok, reward_processing_classes=tok, peft_config=peft, callbacks=[callback])
-    quiet(trainer)
-    reporter.log(f"[rlhf] {g.algorithm} on {len(train)} prompts, beta {g.beta}, {hw.why}")
-    result, resume = train_resuming(trainer, reporter, spec)
-    if not save_trained(trainer, tok, spec.output_dir, merge_adapter=True):
-        return {}
-    final = load_causal_lm(spec.output_dir)
+    merged = load_causal_lm(sft, hw.torch_dtype) if is_adapter(sft) else None  # on the host, in the stage's dtype
+    with whole_model_dir(sft, merged=merged) as start:  # the policy starts from the SFT model's whole weights
+        policy = load_for_training(start, method, recipe, hw)  # QLoRA: a 4-bit base under a new adapter
+        quantized_base = bool(getattr(policy, "is_loaded_in_4bit", False))
+        peft = lora_config(recipe) if method != "full" else None
+        common = trainer_args(g, spec, hw, include_num_input_tokens_seen="no")
+        callback = LogCallback(reporter, f"rlhf/{g.algorithm}")
+        fit: dict[str, int] = {}  # DPO: what happened to the preference pairs (fit, truncated, left_out, indistinguishable)
+        if g.algorithm == "dpo":
+            pairs, fit = usable_pairs(train, tok, template, recipe.data.max_length)
+            reporter.log(f"[rlhf] {pairs_summary(fit, recipe.data.max_length)}")
+            args = DPOConfig(**common, beta=g.beta, max_length=recipe.data.max_length)
+            trainer = PretokenizedDPOTrainer(model=policy, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tok,
+                                             peft_config=peft, callbacks=[callback])
+        else:
+            Config, Trainer = (RLOOConfig, RLOOTrainer) if g.algorithm == "rloo" else (GRPOConfig, GRPOTrainer)
+            vllm = {"use_vllm": True, "vllm_mode": "colocate"} if hw.vllm else {}
+            args = Config(**common, beta=g.beta, num_generations=g.num_generations, max_completion_length=g.max_new_tokens,
+                          temperature=g.temperature, **vllm)
+            trainer = Trainer(model=policy, reward_funcs=reward_model(reward, recipe, hw, tok, training=True), args=args,
+                              train_dataset=prompt_dataset(train, template), processing_class=tok, reward_processing_classes=tok,
+                              peft_config=peft, callbacks=[callback])
+        trainable_in_compute_dtype(quiet(trainer), hw)
+        reporter.log(f"[rlhf] {g.algorithm} on {len(train)} prompts, beta {g.beta}, {hw.why}")
+        result, resume = train_resuming(trainer, reporter, spec)
+        if not save_trained(trainer, tok, spec.output_dir, merge_adapter=True, full_base=start):
+            return {}
+        steps = trainer.state.global_step
+        del trainer, policy
+        free_device_memory()  # the judge's models replace the trainer's on the device
+        # Judged as the quantize stage and later users load them: on the device in the stage's dtype; QLoRA recipes in 4 bits.
+        reference = load_for_judging(start, recipe, hw)
+    final = load_for_judging(spec.output_dir, recipe, hw)
 
-    metrics: dict[str, Any] = {"algorithm": g.algorithm, "train_loss": result.training_loss, "steps": trainer.state.global_step,
-                               "train_prompts": len(train), "resumed_from": resume or "", "hardware": hw.as_dict(),
+    metrics: dict[str, Any] = {"algorithm": g.algorithm, "train_loss": result.training_loss, "steps": steps,
+                               "train_prompts": len(train), "resumed_from": resume or "", "quantized_base": quantized_base, "hardware": hw.as_dict(),
                                "log_history": callback.history, **{f"train_pairs_{k}": n for k, n in fit.items()}}
-    if rm is not None:
-        metrics.update(judge(final, reference, rm, tok, [r["prompt"] for r in held_out], recipe))
+    if reward is not None:
+        metrics.update(judge(final, reference, reward_model(reward, recipe, hw, tok), tok, [r["prompt"] for r in held_out], recipe))
         reporter.log(f"[rlhf] mean reward {metrics['sft_mean_reward']:.3f} (SFT) -> {metrics['mean_reward']:.3f}, "
                      f"win rate {metrics['win_rate_vs_sft']:.1%}, KL {metrics['kl_to_sft']:.3f}")
     if sft_eval:
@@ -116,3 +128,26 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
         metrics["exact_match"] = exact_match(final, tok, sft_eval, template)["exact_match"]
     write_metrics(spec.output_dir, metrics)
     return metrics
+
+
+def qlora_quantization(recipe, hw):
+    """How a QLoRA recipe loads every model of this stage (4 bits, as SFT trained it); None for the others."""
+    if recipe.sft.method != "qlora":
+        return None
+    q = recipe.quantization
+    return quantization_config(4, hw.torch_dtype, q.quant_type if q else "nf4", q.double_quant if q else True)
+
+
+def reward_model(directory, recipe, hw, tok, training: bool = False):
+    """The reward model, 4-bit for a QLoRA recipe. For training it is loaded as the policy is (TRL then moves it to the
+    policy's device, or DeepSpeed prepares it); for judging, on this process's device."""
+    if training:
+        rm = load_for_training(directory, recipe.sft.method, recipe, hw, AutoModelForSequenceClassification, num_labels=1)
+    else:
+        rm = load_reward_model(directory, **model_kwargs(hw), quantization_config=qlora_quantization(recipe, hw))
+    rm.config.pad_token_id = tok.pad_token_id
+    return rm
+
+
+def load_for_judging(directory, recipe, hw):
+    return load_causal_lm(directory, **model_kwargs(hw), quantization_config=qlora_quantization(recipe, hw))

@@ -43,13 +43,15 @@ def measure(model, tok, rows, recipe) -> dict[str, Any]:
     return {**out, "exact_match": em["exact_match"], "samples": em["samples"]}
 
 
-def load_for_training(parent: str, method: str, recipe, hw):
+def load_for_training(parent: str, method: str, recipe, hw, model_class=AutoModelForCausalLM, **kwargs):
+    """The model a stage trains, on its device in its dtype; QLoRA quantizes the base to 4 bits as it loads (the reward
+    and RLHF stages load theirs here too, ``model_class`` choosing the head)."""
     if method == "qlora":
         q = recipe.quantization
         qc = quantization_config(4, hw.torch_dtype, q.quant_type if q else "nf4", q.double_quant if q else True)
-        model = AutoModelForCausalLM.from_pretrained(parent, quantization_config=qc, **model_kwargs(hw))
+        model = model_class.from_pretrained(parent, quantization_config=qc, **model_kwargs(hw, training=True), **kwargs)
         return release_checkpoint_mapping(model) if hw.device == "cpu" else model
-    return AutoModelForCausalLM.from_pretrained(parent, **model_kwargs(hw))
+    return model_class.from_pretrained(parent, **model_kwargs(hw, training=True), **kwargs)
 
 
 def release_checkpoint_mapping(model):
@@ -108,8 +110,10 @@ def make_trainer(spec: StageSpec, hw, tokens: Dataset, tok, callbacks: list) -> 
     """The SFT trainer exactly as the sft_model asset runs it (the benchmarks time this one)."""
     recipe, group = spec.parsed_recipe, spec.parsed_recipe.sft
     model = load_for_training(spec.inputs["model"], group.method, recipe, hw)
-    args = SFTConfig(**trainer_args(group, spec, hw), max_length=recipe.data.max_length, completion_only_loss=True,
-                     packing=recipe.data.packing)
+    # Padding-free without packing: the token table is already cut to data.max_length, and TRL refuses a max_length there.
+    unpacked_padding_free = hw.padding_free and not recipe.data.packing
+    args = SFTConfig(**trainer_args(group, spec, hw), max_length=None if unpacked_padding_free else recipe.data.max_length,
+                     completion_only_loss=True, packing=recipe.data.packing, padding_free=hw.padding_free)
     trainer = SFTTrainer(model=model, args=args, train_dataset=tokens, processing_class=tok,
                          peft_config=lora_config(recipe) if group.method != "full" else None, callbacks=callbacks)
     return quiet(use_packing_collator(trainer, tok, hw) if recipe.data.packing else trainer)
@@ -123,7 +127,7 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     train = load_rows(spec.datasets["sft"], "train")
     held_out = load_rows(spec.datasets["sft"], "eval", spec.options.get("eval_limit"))
     tok = load_tokenizer(parent)
-    before = measure(load_causal_lm(parent), tok, held_out, recipe)
+    before = measure(load_causal_lm(parent, **model_kwargs(hw)), tok, held_out, recipe)
     reporter.log(f"[sft] {group.method} on {len(train)} examples, {hw.why}; parent eval loss {before['eval_loss']:.4f}, "
                  f"exact match {before['exact_match']:.1%}")
 
@@ -140,7 +144,7 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
         cfg["base_model_name_or_path"] = str(Path(parent).resolve())
         cfg_path.write_text(json.dumps(cfg, indent=1))
 
-    after = measure(load_causal_lm(spec.output_dir), tok, held_out, recipe)
+    after = measure(load_causal_lm(spec.output_dir, **model_kwargs(hw)), tok, held_out, recipe)
     metrics = {
         "method": group.method, "parent_eval_loss": before["eval_loss"], "eval_loss": after["eval_loss"],
         "perplexity": after["perplexity"], "parent_exact_match": before["exact_match"], "exact_match": after["exact_match"],
