@@ -8,6 +8,7 @@ a Kubernetes pod or an ECS task has its own network, Hub cache and GPUs, which t
 
 from __future__ import annotations
 
+from llm_assets.launch.sizing import local_gpu_shortfall
 from llm_assets.recipes import BUILTIN_PREFIX, Recipe
 from llm_assets.resources.hub import HubClient
 from llm_assets.resources.launcher import TrainingLauncher
@@ -17,21 +18,9 @@ def why_not_here(recipe: Recipe, launcher: TrainingLauncher, hub: HubClient) -> 
     """Why ``recipe`` cannot run on this machine now and what to do, every reason in one line, or None when it can."""
     if (recipe.resources.launcher or launcher.kind) != "subprocess":
         return None
-    reasons = []
-    gpus = cuda_gpus()
-    if recipe.resources.gpus > gpus:
-        reasons.append(f"it asks for resources.gpus: {recipe.resources.gpus} and its stages run on this machine (launcher "
-                       f"subprocess), which has {gpus} CUDA GPU(s): run it where the GPUs are (resources.launcher: k8s or "
-                       "ecs, or a GPU machine), or set resources.gpus: 0 to train on the CPU")
+    reasons = [why for why in [local_gpu_shortfall(recipe)] if why]
     if not recipe.model.base.startswith(BUILTIN_PREFIX):
         why = hub.unavailable(recipe.model.base, recipe.model.revision or "")
         if why:
             reasons.append(why)
     return "; and ".join(reasons) or None
-
-
-def cuda_gpus() -> int:
-    """CUDA devices this process sees (torch is already imported by the launcher, so this costs no import)."""
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -156,3 +156,20 @@ def test_a_remote_launcher_refuses_a_local_store(project_env, monkeypatch):
     result = materialize([base], raise_on_error=False)
     message = result.get_step_failure_events()[0].step_failure_data.error.message
     assert "cannot reach" in message and "LLM_ASSETS_STORE" in message
+
+
+def test_a_gpu_recipe_is_refused_on_a_machine_without_the_gpus(project_env):
+    from llm_assets.recipes import load_recipe
+    from llm_assets.training.order import StoreSettings, WorkOrder
+
+    recipe = load_recipe("gpu-1b")  # resources.gpus: 1; this machine's tests run without CUDA
+    order = WorkOrder(stage="sft", recipe=recipe.model_dump(mode="json"), store=StoreSettings(root=str(project_env / "store")),
+                      output_key="models/sft/gpu-1b", fingerprint="f" * 16)
+
+    @asset
+    def sft(context):
+        TrainingLauncher().run(context, order, None)
+
+    result = materialize([sft], raise_on_error=False)
+    message = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "recipe 'gpu-1b' cannot run here: it asks for resources.gpus: 1" in message and "0 CUDA GPU(s)" in message

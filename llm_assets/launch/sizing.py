@@ -85,3 +85,20 @@ def decimal_megabytes(gb: float) -> int:
 def mebibytes(gb: float) -> int:
     """``gb`` (10^9 bytes) in whole MiB, rounded up: ECS counts memory in MiB."""
     return math.ceil(round(gb * 1e9 / 2**20, 6))
+
+
+def cuda_gpus() -> int:
+    """CUDA devices this process sees."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def local_gpu_shortfall(recipe: Recipe) -> str | None:
+    """Why this machine cannot give a recipe whose stages run here (launcher subprocess) the GPUs it asks for, or None."""
+    gpus = cuda_gpus()
+    if recipe.resources.gpus <= gpus:
+        return None
+    return (f"it asks for resources.gpus: {recipe.resources.gpus} and its stages run on this machine "
+            f"(launcher subprocess), which has {gpus} CUDA GPU(s): run it where the GPUs are (resources.launcher: k8s or "
+            "ecs, or a GPU machine), or set resources.gpus: 0 to train on the CPU")

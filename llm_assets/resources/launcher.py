@@ -35,7 +35,7 @@ from pydantic import Field
 from llm_assets.artifacts import Store
 from llm_assets.launch.ecs import EcsSettings, run_ecs_worker
 from llm_assets.launch.k8s import K8sSettings, run_k8s_worker
-from llm_assets.launch.sizing import worker_processes
+from llm_assets.launch.sizing import local_gpu_shortfall, worker_processes
 from llm_assets.recipes import Recipe
 from llm_assets.training.hardware import training_thread_env
 from llm_assets.training.order import ORDER_EXTRA, WorkOrder
@@ -71,6 +71,8 @@ class TrainingLauncher(ConfigurableResource):
             raise Failure(description=f"recipe '{recipe.name}' runs its workers on {kind}, but the artifact store is the local "
                                       f"directory {order.store.root}, which a pod or task cannot reach: set LLM_ASSETS_STORE "
                                       "to an s3:// location (and LLM_ASSETS_S3_ENDPOINT for MinIO)", allow_retries=False)
+        if kind == "subprocess" and (why := local_gpu_shortfall(recipe)):
+            raise Failure(description=f"recipe '{recipe.name}' cannot run here: {why}", allow_retries=False)
         for path in (order.result_path, order.error_path):  # a previous attempt's, not this one's
             store.delete(path)
         processes = worker_processes(recipe, order.stage)
@@ -105,9 +107,11 @@ def worker_result(order: WorkOrder, store: Store, returncode: int | None, failed
     a reason a retry cannot change (bad data, a recipe the model cannot run): that failure is not retried. A worker
     that was killed or evicted is, and resumes from its last stored checkpoint."""
     error = store.read_json(order.error_path)
-    if error is not None:
-        raise Failure(description=f"the {order.stage} stage failed: {error['error']}", allow_retries=False,
-                      metadata={"traceback": MetadataValue.md(f"```\n{error['traceback'][-6000:]}\n```")})
+    if error is not None:  # the description is the error's first line; all of it is in the metadata
+        first = error["error"].strip().splitlines()[0] if error["error"].strip() else "no message"
+        raise Failure(description=f"the {order.stage} stage failed: {first}", allow_retries=False,
+                      metadata={"error": MetadataValue.md(f"```\n{error['error']}\n```"),
+                                "traceback": MetadataValue.md(f"```\n{error['traceback'][-6000:]}\n```")})
     result = store.read_json(order.result_path)
     if result is not None and not failed and returncode == 0 and store.has_version(order.output_key, result["version"]):
         return result
