@@ -25,7 +25,7 @@ from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from dagster._daemon.sensor import execute_sensor_iteration
 
-from llm_assets.readiness import cuda_gpus
+from llm_assets.launch.sizing import cuda_gpus
 from llm_assets_tests.helpers import HUB_REV, write_recipe
 from llm_assets_tests.runless import land
 
