@@ -29,8 +29,9 @@ def baseline_metrics(model_dir: str | Path, spec: StageSpec) -> dict[str, Any]:
     """Eval loss on SFT replies, exact match and pre-training loss: the figures later stages are compared on."""
     recipe = spec.parsed_recipe
     limit = spec.options.get("eval_limit")
-    tok, model = load_tokenizer(model_dir), load_causal_lm(model_dir, **model_kwargs(hardware_for(recipe)))  # on the stage's device
-    out: dict[str, Any] = {}
+    hw = hardware_for(recipe)
+    tok, model = load_tokenizer(model_dir), load_causal_lm(model_dir, **model_kwargs(hw))  # on the stage's device
+    out: dict[str, Any] = {"hardware": hw.as_dict()}
     sft_eval = load_rows(spec.datasets.get("sft", []), "eval", limit)
     if sft_eval:
         out.update(completion_loss(model, tok, sft_eval, recipe.data.chat_template, recipe.data.max_length))
