@@ -101,6 +101,10 @@ def test_workers_share_only_the_s3_store_and_a_killed_one_resumes_on_a_fresh_nod
     store = default_resources()["store"].open()
     adapter = json.loads(store.read_file("models/sft/tiny", "adapter_config.json"))
     assert adapter["base_model_name_or_path"] == f"llm-assets://models/cpt/tiny@{store.latest_version('models/cpt/tiny')}"
+    files = {f["path"] for f in store.manifest("models/sft/tiny").files}
+    assert "training_args.bin" not in files  # the run's arguments (scratch paths) are not part of the model
+    for name in files & {"README.md", "adapter_config.json"}:
+        assert str(project_env) not in store.read_file("models/sft/tiny", name).decode() and "/tmp" not in store.read_file("models/sft/tiny", name).decode()
     for later in ("reward_model", "rlhf_policy", "quantized_model"):  # each trained from the adapter in its own worker
         assert _meta(instance, later, "tiny")["fingerprint"]
 

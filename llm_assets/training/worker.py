@@ -26,6 +26,7 @@ from llm_assets.training.report import Reporter
 from llm_assets.training.spec import StageSpec
 
 REF_SCHEME = "llm-assets://"  # an adapter names its base as llm-assets://<key>@<version>, never as a path
+RUN_FILES = ("training_args.bin",)  # written by Trainer.save_model beside the weights: this run's arguments, not the model
 
 
 def run_stage(stage: str, spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
@@ -72,12 +73,20 @@ class Inputs:
         return str(local)
 
     def portable(self, output: Path) -> None:
-        """Before commit: an adapter trained here names its base by store reference instead of this node's path."""
+        """Before commit: the output names nothing of this node. An adapter names its base by store reference (in its
+        config and PEFT's model card) instead of a path here; the Trainer's pickled arguments, which hold this run's
+        scratch paths, are a record of the run, not part of the model (two runs of one training get one version)."""
+        for name in RUN_FILES:
+            (output / name).unlink(missing_ok=True)
         if is_adapter(output):
-            base = str(Path(adapter_base(output)).resolve())
+            written = adapter_base(output)
+            base = str(Path(written).resolve())
             if base not in self.refs:
                 raise ValueError(f"the trained adapter's base {base} is not one of the order's inputs")
             set_adapter_base(output, self.refs[base])
+            card = output / "README.md"
+            if card.exists():
+                card.write_text(card.read_text().replace(written, self.refs[base]))
 
 
 def set_adapter_base(directory: str | Path, base: str) -> None:
