@@ -26,8 +26,11 @@ demo: setup home
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# dagster dev under a supervisor (llm_assets/ui.py): SIGINT or SIGTERM to make, or to the supervisor's PID, stops the
+# webserver, daemon, code server, run workers and training children within 15 s. exec: the signal reaches it.
+UI_PORT ?= 3000
 ui: setup home
-	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	exec $(PY) -m llm_assets.ui -h 127.0.0.1 -p $(UI_PORT) -w workspace.yaml
 
 validate: setup home
 	$(VENV)/bin/dagster definitions validate -w workspace.yaml
