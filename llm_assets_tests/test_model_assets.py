@@ -68,6 +68,25 @@ def test_whole_graph_on_the_micro_recipe(graph):
     # the training logs streamed into the Dagster run log through Pipes
     logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
     assert any("[sft] loss=" in m and "tokens_per_s=" in m and "| step 4/6 (67%), ETA " in m for m in logs)
+    assert any(m.startswith("[sft] eval_loss=") and "| step 2/6 (33%)" in m for m in logs)  # held-out loss during training
+    # every trained stage shows its curves, kept beside its run record (not in its version); figures shown rounded
+    for asset, stage in (("cpt_model", "cpt"), ("sft_model", "sft"), ("reward_model", "reward"), ("rlhf_policy", "rlhf")):
+        m = meta(instance, asset)
+        assert m["curves"].startswith("![training curves](data:image/png;base64,"), asset
+        png = store.objects.read_bytes(f"models/{stage}/tiny/records/{m['fingerprint']}.curves.png")
+        assert png.startswith(b"\x89PNG") and m["curves_file"].endswith(f"models/{stage}/tiny/records/{m['fingerprint']}.curves.png")
+    assert "curves" not in meta(instance, "base_model") and "curves" not in meta(instance, "quantized_model")  # nothing trained
+    assert sft["eval_loss"] == float(f"{store.record('models/sft/tiny')['metrics']['eval_loss']:.4g}")
+    assert sft["exact_match_pct"] == round(100 * store.record("models/sft/tiny")["metrics"]["exact_match"], 1)
+    # samples for every stage, as tables
+    columns = {asset: [c.name for c in meta(instance, asset)["samples"].schema.columns]
+               for asset in ("sft_model", "reward_model", "rlhf_policy", "quantized_model")}
+    assert columns == {"sft_model": ["prompt", "expected", "got"],
+                       "reward_model": ["prompt", "chosen", "chosen_score", "rejected", "rejected_score", "prefers_chosen"],
+                       "rlhf_policy": ["prompt", "sft_reply", "sft_reward", "policy_reply", "policy_reward"],
+                       "quantized_model": ["prompt", "expected", "unquantized", "quantized"]}
+    [row, *_] = meta(instance, "reward_model")["samples"].records
+    assert row.data["chosen_score"] == float(f"{row.data['chosen_score']:.4g}")
 
 
 def test_recipe_without_cpt_passes_the_base_model_through(graph):
@@ -160,7 +179,7 @@ def test_a_gate_threshold_edit_reruns_the_check_and_trains_nothing(graph, monkey
     result, [evaluation] = run_check(defs, instance, "reward_model", "reward_accuracy_above_threshold")
     assert not evaluation.passed and "reward.min_accuracy" in evaluation.description  # one line that names the key
     assert evaluation.metadata["reward.min_accuracy"].value == 1.0
-    assert evaluation.metadata["reward_accuracy"].value == pytest.approx(trained["reward_accuracy"], abs=1e-6)
+    assert 100 * evaluation.metadata["reward_accuracy"].value == pytest.approx(trained["reward_accuracy_pct"], abs=0.05)
     again = materialize_recipe(defs, instance, selection=stages)  # the blocking gate fails; nothing is retrained
     assert not again.success
     for asset in stages:

@@ -37,6 +37,7 @@ from pydantic import Field
 
 from llm_assets.artifacts import Store
 from llm_assets.assets.data import dataset_key
+from llm_assets.assets.model_metadata import curves_metadata, metadata_of
 from llm_assets.automation import on_change
 from llm_assets.data.selection import left_out_because, rows_digest
 from llm_assets.markdown import markdown_table
@@ -122,20 +123,6 @@ def _left_out_line(left_out: dict[str, str], kind: str) -> str:
     return f"; left out: {'; '.join(mine)}" if mine else ""
 
 
-def metadata_of(metrics: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in metrics.items():
-        if k == "log_history":
-            continue
-        if k == "samples" and v:
-            out[k] = MetadataValue.md(markdown_table(list(v[0]), [list(s.values()) for s in v]))
-        elif isinstance(v, dict):
-            out[k] = MetadataValue.json(v)
-        elif isinstance(v, (int, float, str, bool)):
-            out[k] = v
-    return out
-
-
 def train(context: AssetExecutionContext, recipe: Recipe, stage: Stage, store: ArtifactStore, launcher: TrainingLauncher,
           hub: HubClient, config: TrainingConfig) -> MaterializeResult:
     """Resolve the stage's inputs from the table, reuse the version trained from the same identity, or send a worker a
@@ -215,12 +202,13 @@ def reuse(context: AssetExecutionContext, st: Store, key: str, record: dict[str,
 
 
 def stored_result(st: Store, key: str, record: dict[str, Any], **extra: Any) -> MaterializeResult:
-    """The materialization of a committed model version: its metrics, provenance and location. ``drops_used`` are the
-    drops trained on; the models it started from and the drops it only measured on are their own keys."""
+    """The materialization of a committed model version: its curves, metrics, samples, provenance and location.
+    ``drops_used`` are the drops trained on; the models it started from and the drops it only measured on are their own keys."""
     manifest = st.manifest(key, record["version"])
     parents = {role: version for role, version in record.get("inputs", {}).items() if not role.startswith("data/")}
     return MaterializeResult(data_version=DataVersion(manifest.version), metadata={
-        **metadata_of(record.get("metrics", {})), **extra, "recipe_hash": record.get("recipe_hash", ""),
+        **curves_metadata(st, key, record["fingerprint"]), **metadata_of(record.get("metrics", {})), **extra,
+        "recipe_hash": record.get("recipe_hash", ""),
         "fingerprint": record["fingerprint"], "parent_versions": MetadataValue.json(parents),
         "drops_used": MetadataValue.json(record.get("drops_used", {})),
         "drops_measured": MetadataValue.json(record.get("drops_measured", {})),

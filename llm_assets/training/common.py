@@ -19,10 +19,12 @@ from llm_assets.training.checkpoints import StoreCheckpoints
 from llm_assets.training.hardware import Hardware, Request, decide, machine
 from llm_assets.training.packing import score_trainable_positions_only
 from llm_assets.training.spec import StageSpec, beside
+from llm_assets.training.tracking import check_environment
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # A checkpoint is complete when the Trainer wrote all of these (trainer_state.json is written last).
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+EVAL_POINTS = 4  # held-out evaluations during training, after the one at step 0: a curve, for little time
 
 
 def hardware_for(recipe: Recipe, group: TrainGroup | None = None) -> Hardware:
@@ -71,6 +73,7 @@ def last_complete_checkpoint(directory: str | None) -> str | None:
 def train_resuming(trainer, reporter, spec: StageSpec):
     """``trainer.train()``, from the newest complete checkpoint a killed run of the same training left: in the store when
     the spec names one (a worker on any node resumes it), else in the local checkpoint directory."""
+    rng_untouched_by_evaluation(trainer)
     mirror = StoreCheckpoints.from_settings(spec.checkpoint_store)
     resume = label = None
     if mirror is not None:
@@ -85,9 +88,36 @@ def train_resuming(trainer, reporter, spec: StageSpec):
     return trainer.train(resume_from_checkpoint=resume), label
 
 
-def trainer_args(group: TrainGroup, spec: StageSpec, hw: Hardware, **extra: Any) -> dict[str, Any]:
-    """Keyword arguments for a TRL config (they all extend ``TrainingArguments``)."""
+def rng_untouched_by_evaluation(trainer):
+    """Evaluating draws from the global RNGs (a DataLoader's base seed, for one) that training then reads for dropout
+    and sampling: restored after each evaluation, a run with evaluations trains exactly as one without them."""
+    import random
+
+    import numpy as np
+
+    evaluate = trainer.evaluate
+
+    def evaluate_leaving_rng(*args, **kwargs):
+        state = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+                 torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        try:
+            return evaluate(*args, **kwargs)
+        finally:
+            random.setstate(state[0])
+            np.random.set_state(state[1])
+            torch.set_rng_state(state[2])
+            if state[3] is not None:
+                torch.cuda.set_rng_state_all(state[3])
+
+    trainer.evaluate = evaluate_leaving_rng
+    return trainer
+
+
+def trainer_args(group: TrainGroup, spec: StageSpec, hw: Hardware, evaluates: bool = False, **extra: Any) -> dict[str, Any]:
+    """Keyword arguments for a TRL config (they all extend ``TrainingArguments``). ``evaluates``: the trainer has an
+    eval_dataset, measured at step 0 and ``EVAL_POINTS`` times during training (the held-out curve)."""
     recipe = spec.parsed_recipe
+    check_environment(recipe.tracking.report_to)
     output = spec.checkpoint_dir or str(Path(spec.output_dir).parent / f".{Path(spec.output_dir).name}-checkpoints")
     kw: dict[str, Any] = dict(
         output_dir=output,
@@ -117,6 +147,9 @@ def trainer_args(group: TrainGroup, spec: StageSpec, hw: Hardware, **extra: Any)
         disable_tqdm=True,
         eval_strategy="no",
     )
+    if evaluates:
+        kw.update(eval_strategy="steps", eval_steps=max(1, -(-group.max_steps // EVAL_POINTS)), eval_on_start=True,
+                  per_device_eval_batch_size=group.per_device_batch_size, prediction_loss_only=True)
     if recipe.distributed.processes > 1:
         if recipe.distributed.deepspeed:
             path = Path(recipe.distributed.deepspeed)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from llm_assets.training.tokens import LEFT_OUT, TRUNCATED, encode_pairs, preference_tokens, prompt_text
 
 LOGITS_BUDGET = 2**28  # logits elements per batch (1 GB in fp32): a tiny model's batches never reach it
+SAMPLES = 5  # held-out examples each stage shows in its metadata
 
 
 def rows_within_budget(model, width: int, batch_size: int) -> int:
@@ -100,7 +101,7 @@ def generate(model, tok, prompts, template: str, max_new_tokens: int, do_sample:
 def exact_match(model, tok, rows: list[dict[str, Any]], template: str, max_new_tokens: int = 24) -> dict[str, Any]:
     preds = generate(model, tok, [r["prompt"] for r in rows], template, max_new_tokens)
     hits = [p == r["completion"].strip() for p, r in zip(preds, rows)]
-    samples = [{"prompt": r["prompt"][-1]["content"], "expected": r["completion"], "got": p} for p, r in list(zip(preds, rows))[:5]]
+    samples = [{"prompt": r["prompt"][-1]["content"], "expected": r["completion"], "got": p} for p, r in list(zip(preds, rows))[:SAMPLES]]
     return {"exact_match": sum(hits) / max(len(hits), 1), "exact_match_n": len(hits), "samples": samples}
 
 

@@ -15,10 +15,12 @@ from transformers import AutoModelForCausalLM
 
 from llm_assets.training.common import hardware_for, model_kwargs, quantization_config, write_metrics
 from llm_assets.training.data import load_rows
-from llm_assets.training.evaluate import completion_loss
+from llm_assets.training.evaluate import SAMPLES, completion_loss, generate
 from llm_assets.training.models import load_causal_lm, load_tokenizer
 from llm_assets.training.report import Reporter
 from llm_assets.training.spec import StageSpec
+
+SAMPLE_TOKENS = 24  # greedy reply length of the samples, as the SFT stage's exact-match samples
 
 
 def weights_bytes(directory: str | Path) -> int:
@@ -52,15 +54,20 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
         merged = load_causal_lm(source, **placed)
         merged.save_pretrained(tmp)
         reference = completion_loss(merged, tok, held_out, recipe.data.chat_template, recipe.data.max_length)["eval_loss"]
+        shown = held_out[:SAMPLES]
+        unquantized_replies = generate(merged, tok, [r["prompt"] for r in shown], recipe.data.chat_template, SAMPLE_TOKENS)
         fp32_linear = linear_bytes(merged) * 4 // merged.dtype.itemsize  # as fp32, whatever dtype it was merged in
         del merged
         qc = quantization_config(q.bits, hw.torch_dtype, q.quant_type, q.double_quant)
         quantized = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=qc, **{"device_map": "cpu", **placed})
         loss = completion_loss(quantized, tok, held_out, recipe.data.chat_template, recipe.data.max_length)["eval_loss"]
+        replies = generate(quantized, tok, [r["prompt"] for r in shown], recipe.data.chat_template, SAMPLE_TOKENS)
         full_size = weights_bytes(tmp)
         metrics = {"bits": q.bits, "quant_type": q.quant_type if q.bits == 4 else "int8", "unquantized_eval_loss": reference,
                    "eval_loss": loss, "eval_loss_delta": loss - reference, "unquantized_bytes": full_size,
-                   "linear_bytes_ratio": linear_bytes(quantized) / fp32_linear, "hardware": hw.as_dict()}
+                   "linear_bytes_ratio": linear_bytes(quantized) / fp32_linear, "hardware": hw.as_dict(),
+                   "samples": [{"prompt": r["prompt"][-1]["content"], "expected": r["completion"], "unquantized": a,
+                                "quantized": b} for r, a, b in zip(shown, unquantized_replies, replies)]}
         quantized.save_pretrained(spec.output_dir)
         tok.save_pretrained(spec.output_dir)
     metrics["quantized_bytes"] = weights_bytes(spec.output_dir)

@@ -25,21 +25,41 @@ from llm_assets.training.common import (
     write_metrics,
 )
 from llm_assets.training.data import load_rows
-from llm_assets.training.evaluate import pairwise_accuracy
+from llm_assets.training.evaluate import SAMPLES, pairwise_accuracy, reward_scores
 from llm_assets.training.hardware import free_device_memory
 from llm_assets.training.models import is_adapter, load_causal_lm, load_reward_model, load_tokenizer, whole_model_dir
 from llm_assets.training.report import LogCallback, Reporter
 from llm_assets.training.sft import load_for_training
 from llm_assets.training.spec import StageSpec
-from llm_assets.training.tokens import pairs_summary, usable_pairs
+from llm_assets.training.tokens import pairs_summary, preference_tokens, trainable_pairs, usable_pairs
 
 
 def pair_dataset(rows, tok, template: str, max_length: int, reporter: Reporter) -> tuple[Dataset, dict[str, int]]:
     """Whole sequences (prompt + reply) per side, as RewardTrainer takes pre-tokenized pairs, and the fit counts."""
     pairs, counts = usable_pairs(rows, tok, template, max_length)
     reporter.log(f"[reward] {pairs_summary(counts, max_length)}")
+    return as_sequences(pairs), counts
+
+
+def held_out_pairs(rows, tok, template: str, max_length: int) -> Dataset | None:
+    """The held-out pairs encoded as training encodes them, for the eval loss and accuracy curves; None when none fits."""
+    pairs = trainable_pairs(preference_tokens(rows, tok, template, max_length)[0])
+    return as_sequences(pairs) if pairs else None
+
+
+def as_sequences(pairs: list[dict[str, list[int]]]) -> Dataset:
     return Dataset.from_list([{"chosen_ids": p["prompt_ids"] + p["chosen_ids"], "rejected_ids": p["prompt_ids"] + p["rejected_ids"]}
-                              for p in pairs]), counts
+                              for p in pairs])
+
+
+def scored_samples(rm, tok, rows, template: str, max_length: int, n: int = SAMPLES) -> list[dict[str, Any]]:
+    """The trained reward model's scores of the first ``n`` held-out pairs, encoded as evaluation encodes them."""
+    rows = rows[:n]
+    prompts = [r["prompt"] for r in rows]
+    chosen = reward_scores(rm, tok, prompts, [r["chosen"] for r in rows], template, max_length)
+    rejected = reward_scores(rm, tok, prompts, [r["rejected"] for r in rows], template, max_length)
+    return [{"prompt": r["prompt"][-1]["content"], "chosen": r["chosen"], "chosen_score": c, "rejected": r["rejected"],
+             "rejected_score": j, "prefers_chosen": c > j} for r, c, j in zip(rows, chosen, rejected)]
 
 
 def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
@@ -63,9 +83,11 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
         reporter.log(f"[reward] {len(train)} pairs, {hw.why}; untrained head accuracy {before['reward_accuracy']:.1%}")
         dataset, fit = pair_dataset(train, tok, template, recipe.data.max_length, reporter)
 
-        args = RewardConfig(**trainer_args(group, spec, hw, include_num_input_tokens_seen="no"), max_length=recipe.data.max_length)
+        eval_pairs = held_out_pairs(held_out, tok, template, recipe.data.max_length)
+        args = RewardConfig(**trainer_args(group, spec, hw, evaluates=eval_pairs is not None, include_num_input_tokens_seen="no"),
+                            max_length=recipe.data.max_length)
         callback = LogCallback(reporter, "reward")
-        trainer = quiet(RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
+        trainer = quiet(RewardTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_pairs, processing_class=tok,
                                       peft_config=lora_config(recipe, "SEQ_CLS") if recipe.sft.method != "full" else None, callbacks=[callback]))
         trainable_in_compute_dtype(trainer, hw)
         result, resume = train_resuming(trainer, reporter, spec)
@@ -75,7 +97,8 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     del trainer, model
     free_device_memory()
 
-    after = pairwise_accuracy(load_reward_model(spec.output_dir, **model_kwargs(hw)), tok, held_out, template, recipe.data.max_length)
+    trained = load_reward_model(spec.output_dir, **model_kwargs(hw))
+    after = pairwise_accuracy(trained, tok, held_out, template, recipe.data.max_length)
     metrics = {"parent_reward_accuracy": before["reward_accuracy"], "reward_accuracy": after["reward_accuracy"],
                "decided_accuracy": after["decided_accuracy"], "parent_tie_rate": before["tie_rate"], "ties": after["ties"],
                "tie_rate": after["tie_rate"], "reward_margin": after["reward_margin"], "eval_pairs": after["pairs"],
@@ -83,7 +106,8 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
                "train_pairs": len(train), "train_pairs_used": len(dataset), "train_pairs_truncated": fit["truncated"],
                "train_pairs_left_out": fit["left_out"], "train_pairs_indistinguishable": fit["indistinguishable"],
                "train_loss": result.training_loss, "steps": steps, "resumed_from": resume or "",
-               "quantized_base": quantized_base, "hardware": hw.as_dict(), "log_history": callback.history}
+               "quantized_base": quantized_base, "hardware": hw.as_dict(), "log_history": callback.history,
+               "tracking": callback.tracking, "samples": scored_samples(trained, tok, held_out, template, recipe.data.max_length)}
     write_metrics(spec.output_dir, metrics)
     reporter.log(f"[reward] pairwise accuracy (a tie counts half) {before['reward_accuracy']:.1%} -> {after['reward_accuracy']:.1%}, "
                  f"ties {after['ties']} of {after['pairs']} held-out pairs")

@@ -26,13 +26,13 @@ from llm_assets.training.common import (
     write_metrics,
 )
 from llm_assets.training.data import load_rows, prompt_dataset
-from llm_assets.training.evaluate import exact_match, generate, kl_to_reference, reward_scores
+from llm_assets.training.evaluate import SAMPLES, exact_match, generate, kl_to_reference, reward_scores
 from llm_assets.training.hardware import free_device_memory
 from llm_assets.training.models import is_adapter, load_causal_lm, load_reward_model, load_tokenizer, whole_model_dir
 from llm_assets.training.report import LogCallback, Reporter
 from llm_assets.training.sft import load_for_training
 from llm_assets.training.spec import StageSpec
-from llm_assets.training.tokens import pairs_summary, usable_pairs
+from llm_assets.training.tokens import pairs_summary, preference_tokens, trainable_pairs, usable_pairs
 
 
 class PretokenizedDPOTrainer(DPOTrainer):
@@ -51,7 +51,7 @@ class PretokenizedDPOTrainer(DPOTrainer):
 def judge(policy, reference, rm, tok, prompts, recipe) -> dict[str, float]:
     """What RL optimises, expected reward of sampled replies, for the policy and the SFT reference
     (same prompts, same sampling seed), the win rate of one against the other, KL on the policy's
-    samples, and for transparency the same rewards for greedy replies."""
+    samples, and for transparency the same rewards for greedy replies, the first of which are the samples shown."""
     g = recipe.rlhf
     t, L = recipe.data.chat_template, recipe.data.max_length
 
@@ -61,13 +61,16 @@ def judge(policy, reference, rm, tok, prompts, recipe) -> dict[str, float]:
 
     pol_samples, pol_r = rewards(policy, True)
     _, ref_r = rewards(reference, True)
-    _, pol_greedy = rewards(policy, False)
-    _, ref_greedy = rewards(reference, False)
+    pol_replies, pol_greedy = rewards(policy, False)
+    ref_replies, ref_greedy = rewards(reference, False)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(pol_r, ref_r))
+    samples = [{"prompt": p[-1]["content"] if isinstance(p, list) else p, "sft_reply": a, "sft_reward": ra,
+                "policy_reply": b, "policy_reward": rb}
+               for p, a, ra, b, rb in list(zip(prompts, ref_replies, ref_greedy, pol_replies, pol_greedy))[:SAMPLES]]
     return {"sft_mean_reward": mean(ref_r), "mean_reward": mean(pol_r), "win_rate_vs_sft": wins / len(prompts),
             "sft_greedy_mean_reward": mean(ref_greedy), "greedy_mean_reward": mean(pol_greedy),
-            "kl_to_sft": kl_to_reference(policy, reference, tok, prompts, pol_samples, t, L)}
+            "kl_to_sft": kl_to_reference(policy, reference, tok, prompts, pol_samples, t, L), "samples": samples}
 
 
 def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
@@ -87,19 +90,22 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
         policy = load_for_training(start, method, recipe, hw)  # QLoRA: a 4-bit base under a new adapter
         quantized_base = bool(getattr(policy, "is_loaded_in_4bit", False))
         peft = lora_config(recipe) if method != "full" else None
-        common = trainer_args(g, spec, hw, include_num_input_tokens_seen="no")
         callback = LogCallback(reporter, f"rlhf/{g.algorithm}")
         fit: dict[str, int] = {}  # DPO: what happened to the preference pairs (fit, truncated, left_out, indistinguishable)
-        if g.algorithm == "dpo":
+        if g.algorithm == "dpo":  # evaluated during training on held-out pairs (RLOO/GRPO curves are their training reward and KL)
             pairs, fit = usable_pairs(train, tok, template, recipe.data.max_length)
+            eval_pairs = trainable_pairs(preference_tokens(held_out, tok, template, recipe.data.max_length)[0])
             reporter.log(f"[rlhf] {pairs_summary(fit, recipe.data.max_length)}")
-            args = DPOConfig(**common, beta=g.beta, max_length=recipe.data.max_length)
+            args = DPOConfig(**trainer_args(g, spec, hw, evaluates=bool(eval_pairs), include_num_input_tokens_seen="no"),
+                             beta=g.beta, max_length=recipe.data.max_length)
             trainer = PretokenizedDPOTrainer(model=policy, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tok,
+                                             eval_dataset=Dataset.from_list(eval_pairs) if eval_pairs else None,
                                              peft_config=peft, callbacks=[callback])
         else:
             Config, Trainer = (RLOOConfig, RLOOTrainer) if g.algorithm == "rloo" else (GRPOConfig, GRPOTrainer)
             vllm = {"use_vllm": True, "vllm_mode": "colocate"} if hw.vllm else {}
-            args = Config(**common, beta=g.beta, num_generations=g.num_generations, max_completion_length=g.max_new_tokens,
+            args = Config(**trainer_args(g, spec, hw, include_num_input_tokens_seen="no"), beta=g.beta,
+                          num_generations=g.num_generations, max_completion_length=g.max_new_tokens,
                           temperature=g.temperature, **vllm)
             trainer = Trainer(model=policy, reward_funcs=reward_model(reward, recipe, hw, tok, training=True), args=args,
                               train_dataset=prompt_dataset(train, template), processing_class=tok, reward_processing_classes=tok,
@@ -118,7 +124,8 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
 
     metrics: dict[str, Any] = {"algorithm": g.algorithm, "train_loss": result.training_loss, "steps": steps,
                                "train_prompts": len(train), "resumed_from": resume or "", "quantized_base": quantized_base, "hardware": hw.as_dict(),
-                               "log_history": callback.history, **{f"train_pairs_{k}": n for k, n in fit.items()}}
+                               "log_history": callback.history, "tracking": callback.tracking,
+                               **{f"train_pairs_{k}": n for k, n in fit.items()}}
     if reward is not None:
         metrics.update(judge(final, reference, reward_model(reward, recipe, hw, tok), tok, [r["prompt"] for r in held_out], recipe))
         reporter.log(f"[rlhf] mean reward {metrics['sft_mean_reward']:.3f} (SFT) -> {metrics['mean_reward']:.3f}, "

@@ -106,15 +106,23 @@ def fit_metrics(fit: dict[str, int]) -> dict[str, int]:
     return {"too_long_examples": fit["left_out"], "examples_fit": fit["fit"], "examples_truncated": fit["truncated"]}
 
 
-def make_trainer(spec: StageSpec, hw, tokens: Dataset, tok, callbacks: list) -> SFTTrainer:
-    """The SFT trainer exactly as the sft_model asset runs it (the benchmarks time this one)."""
+def held_out_tokens(rows, tok, recipe) -> Dataset | None:
+    """The held-out rows encoded as training encodes them, for the eval loss curve; None when none fits."""
+    table, _ = sft_tokens(rows, tok, recipe.data.chat_template, recipe.data.max_length, recipe.data.truncation)
+    return Dataset(table.replace_schema_metadata(None)) if table.num_rows else None
+
+
+def make_trainer(spec: StageSpec, hw, tokens: Dataset, tok, callbacks: list, held_out: Dataset | None = None) -> SFTTrainer:
+    """The SFT trainer exactly as the sft_model asset runs it (the benchmarks time this one); ``held_out`` token rows are
+    evaluated during training."""
     recipe, group = spec.parsed_recipe, spec.parsed_recipe.sft
     model = load_for_training(spec.inputs["model"], group.method, recipe, hw)
     # Padding-free without packing: the token table is already cut to data.max_length, and TRL refuses a max_length there.
     unpacked_padding_free = hw.padding_free and not recipe.data.packing
-    args = SFTConfig(**trainer_args(group, spec, hw), max_length=None if unpacked_padding_free else recipe.data.max_length,
+    args = SFTConfig(**trainer_args(group, spec, hw, evaluates=held_out is not None),
+                     max_length=None if unpacked_padding_free else recipe.data.max_length,
                      completion_only_loss=True, packing=recipe.data.packing, padding_free=hw.padding_free)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=tokens, processing_class=tok,
+    trainer = SFTTrainer(model=model, args=args, train_dataset=tokens, eval_dataset=held_out, processing_class=tok,
                          peft_config=lora_config(recipe) if group.method != "full" else None, callbacks=callbacks)
     return quiet(use_packing_collator(trainer, tok, hw) if recipe.data.packing else trainer)
 
@@ -133,7 +141,7 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
 
     tokens, tokenization = tokenized(spec, train, tok, recipe, reporter)
     callback = LogCallback(reporter, "sft")
-    trainer = make_trainer(spec, hw, tokens, tok, [callback])
+    trainer = make_trainer(spec, hw, tokens, tok, [callback], held_out_tokens(held_out, tok, recipe))
     result, resume = train_resuming(trainer, reporter, spec)
     trainable = parameter_count(trainer.model, trainable_only=True)
     if not save_trained(trainer, tok, spec.output_dir):
@@ -151,7 +159,7 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
         "train_loss": result.training_loss, "steps": trainer.state.global_step, "train_examples": len(train),
         "eval_examples": len(held_out), "trainable_parameters": trainable,
         "resumed_from": resume or "", "tokens_seen": trainer.state.num_input_tokens_seen, "samples": after["samples"],
-        "hardware": hw.as_dict(), **tokenization, "log_history": callback.history,
+        "hardware": hw.as_dict(), **tokenization, "log_history": callback.history, "tracking": callback.tracking,
     }
     write_metrics(spec.output_dir, metrics)
     reporter.log(f"[sft] eval loss {before['eval_loss']:.4f} -> {after['eval_loss']:.4f}, "

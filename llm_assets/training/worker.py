@@ -22,8 +22,10 @@ from llm_assets.paths import worker_cache_dir
 from llm_assets.tokens_cache import TOKENS_FILE
 from llm_assets.training.models import ADAPTER_CONFIG, adapter_base, is_adapter
 from llm_assets.training.order import WorkOrder
+from llm_assets.training.curves import curves_path, render
 from llm_assets.training.report import Reporter
 from llm_assets.training.spec import StageSpec
+from llm_assets.training.tracking import log_final_metrics
 
 REF_SCHEME = "llm-assets://"  # an adapter names its base as llm-assets://<key>@<version>, never as a path
 RUN_FILES = ("training_args.bin",)  # written by Trainer.save_model beside the weights: this run's arguments, not the model
@@ -96,6 +98,15 @@ def set_adapter_base(directory: str | Path, base: str) -> None:
     path.write_text(json.dumps(config, indent=1))
 
 
+def keep_run_records(order: WorkOrder, store: Store, metrics: dict[str, Any]) -> None:
+    """What the run leaves beside the model, not in its version: its curves as a PNG next to the run record, and its
+    held-out figures added to the tracker's run (the Trainer closed it before they were measured)."""
+    png = render(metrics.get("log_history") or [], f"{order.stage} · recipe {order.recipe.get('name', '')}")
+    if png is not None:
+        store.objects.write_bytes(curves_path(order.output_key, order.fingerprint), png)
+    log_final_metrics(metrics.get("tracking") or {}, metrics)
+
+
 def hub_snapshot(order: WorkOrder) -> str:
     """A hub base at its pinned revision, downloaded by the worker itself (HF_TOKEN from its environment)."""
     from llm_assets.recipes import Recipe
@@ -144,6 +155,7 @@ def run_order(order: WorkOrder, reporter: Reporter) -> dict[str, Any]:
         out = Path(spec.output_dir)
         inputs.portable(out)
         manifest = store.commit(order.output_key, out, {"stage": order.stage, "fingerprint": order.fingerprint}, latest=False)
+        keep_run_records(order, store, metrics)
         result = {"version": manifest.version, "metrics": metrics}
         store.put_json(order.result_path, result)
         if order.checkpoints:
