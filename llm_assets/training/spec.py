@@ -48,10 +48,6 @@ class StageSpec:
         return cls(**json.loads(Path(path).read_text()))
 
     @property
-    def metrics_path(self) -> Path:
-        return beside(self.output_dir, "metrics.json")
-
-    @property
     def error_path(self) -> Path:
         """Where a failing stage leaves its error for the orchestrator to show."""
         return beside(self.output_dir, "error.json")
