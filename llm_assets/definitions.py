@@ -5,8 +5,12 @@ import os
 from dagster import Definitions
 
 from llm_assets.assets.data import data_assets
+from llm_assets.assets.evaluation import evaluation_definitions
+from llm_assets.assets.maintenance import maintenance_definitions
 from llm_assets.assets.models import build_fit_check, build_gate_checks, build_model_assets
+from llm_assets.assets.predictions import predictions_definitions
 from llm_assets.assets.recipes import build_recipe_asset
+from llm_assets.assets.release import release_definitions
 from llm_assets.assets.reports import build_report_assets
 from llm_assets.automation import automation_sensor, gate_recipe_assets
 from llm_assets.jobs import build_jobs
@@ -30,13 +34,16 @@ def build_definitions(resources: dict[str, object] | None = None) -> Definitions
     resources = {**default_resources(), **(resources or {})}
     model_assets = gate_recipe_assets([build_recipe_asset(recipes), *build_model_assets(recipes), *build_report_assets(recipes)],
                                       recipes, resources["launcher"], resources["hub"])
-    return Definitions(
+    core = Definitions(
         assets=[*data_assets, *model_assets],
         asset_checks=[*build_gate_checks(recipes), build_fit_check(recipes)],
         jobs=build_jobs(recipes),
         sensors=[landing_sensor, build_recipe_sensor(recipes), automation_sensor],
         resources=resources,
     )
+    # the release half of the graph: evaluation -> released (carded) model -> approved publishing, and batch inference
+    return Definitions.merge(core, evaluation_definitions(recipes), release_definitions(recipes), predictions_definitions(recipes),
+                             maintenance_definitions())
 
 
 defs = build_definitions()

@@ -222,6 +222,58 @@ class TrackingGroup(Group):
     run_name: str | None = None
 
 
+class EvaluationGroup(Group):
+    """The release evaluation (lm-evaluation-harness): tasks generated from the held-out splits, plus standard ones."""
+
+    tasks: list[str] = Field(default_factory=list, description="Standard lm-eval tasks run beside the generated ones; "
+                             "their data must already be in the local Hugging Face datasets cache (nothing is downloaded).")
+    limit: int = Field(200, gt=0, description="Held-out rows (documents) per task.")
+    max_new_tokens: int = Field(24, gt=0, description="Generation budget of the short-answer (exact match) tasks.")
+    batch_size: int = Field(16, gt=0)
+    tolerance: float = Field(0.02, ge=0, description="Gate: on every task the released model scores at most this much "
+                             "below the base model (absolute, in the task's own metric).")
+    quantized_tolerance: float = Field(0.05, ge=0, description="Gate: the quantized model at most this much below the "
+                                       "unquantized one on every task.")
+    published_tolerance: float = Field(0.02, ge=0, description="Gate: at most this much below the currently published "
+                                       "version of this recipe on every task both were evaluated on.")
+
+
+class ReleaseGroup(Group):
+    """What the model card says and where an approved model is published (no target: nothing is published)."""
+
+    license: str = Field("other", description="SPDX-style license id written into the model card.")
+    intended_use: str = ""
+    limitations: str = ""
+    target: Literal["hub", "s3"] | None = Field(None, description="'hub': a Hugging Face Hub repo; 's3': a registry "
+                                                "prefix in an artifact store; None: the model is carded but not published.")
+    repo: str | None = Field(None, description="Hub repo id (owner/name) when target is 'hub'.")
+    private: bool = Field(True, description="Create the hub repo private.")
+    endpoint: str | None = Field(None, description="Hub endpoint; None: the hub resource's (https://huggingface.co).")
+    token_env: str = Field("HF_TOKEN", description="Environment variable holding the hub write token (its value is never stored).")
+    registry: str | None = Field(None, description="Registry root when target is 's3' (s3://bucket/prefix or a local "
+                                 "directory); the model lands at <registry>/<name>/versions/<version>/.")
+    name: str | None = Field(None, description="Name in the registry; None: the recipe name.")
+
+    @model_validator(mode="after")
+    def _target_named(self) -> "ReleaseGroup":
+        if self.target == "hub" and not self.repo:
+            raise ValueError("release.target 'hub' needs release.repo (owner/name)")
+        if self.target == "s3" and not self.registry:
+            raise ValueError("release.target 's3' needs release.registry (s3://bucket/prefix or a directory)")
+        return self
+
+
+class GenerationGroup(Group):
+    """Batch inference (batch_predictions): how replies to landed prompt files are generated."""
+
+    max_new_tokens: int = Field(64, gt=0)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    batch_size: int = Field(16, gt=0)
+    seed: int = 0
+
+
 class Recipe(Group):
     """A whole recipe file. A stage passes through when ``cpt`` is absent or ``reward``, ``rlhf`` or ``quantization`` is null."""
 
@@ -238,6 +290,9 @@ class Recipe(Group):
     distributed: DistributedGroup = DistributedGroup()
     resources: ResourcesGroup = ResourcesGroup()
     tracking: TrackingGroup = TrackingGroup()
+    evaluation: EvaluationGroup = EvaluationGroup()
+    release: ReleaseGroup = ReleaseGroup()
+    generation: GenerationGroup = GenerationGroup()
     automation: Literal["on_change", "manual"] = Field(
         "on_change", description="'on_change': the automation sensor retrains this recipe when its data, recipe or code "
         "change; 'manual': only a Materialize (UI, CLI, job) runs it. Not part of the recipe hash or any model's identity.")
