@@ -208,3 +208,11 @@ def test_qlora_reward_and_rlhf_train_on_4_bit_bases_and_merge_into_whole_weights
     sft, policy = (AutoModelForCausalLM.from_pretrained(tmp / d).state_dict() for d in ("sft", "q-rlhf"))
     assert sft.keys() == policy.keys() and any(not torch.equal(sft[k], policy[k]) for k in sft)
     assert {"mean_reward", "kl_to_sft", "exact_match"} <= set(rlhf)
+
+
+def test_flash_attention_by_name_is_refused_in_one_line_where_it_cannot_run():
+    assert decide(Request(attn_implementation="flash_attention_2"), H100).attn_implementation == "flash_attention_2"
+    with pytest.raises(ValueError, match=r"^model\.attn_implementation: flash_attention_2, but not on a CPU"):
+        decide(Request(attn_implementation="flash_attention_2"), CPU)
+    with pytest.raises(ValueError, match=r"^model\.attn_implementation: flash_attention_2, but flash_attn is not installed"):
+        decide(Request(attn_implementation="flash_attention_2"), BARE_H100)

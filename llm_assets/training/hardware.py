@@ -229,6 +229,18 @@ def decide(want: Request, have: Machine) -> Hardware:
 
 
 def _attention(want: Request, have: Machine, dtype: str) -> tuple[str, str]:
+    if want.attn_implementation in VARLEN_ATTENTION:  # asked for by name: refused here, in one line, where it cannot run
+        key = f"model.attn_implementation: {want.attn_implementation}"
+        if not have.cuda:
+            raise ValueError(f"{key}, but not on a CPU (FlashAttention is CUDA only): set it to auto or sdpa")
+        if "flash_attn" not in have.packages:
+            raise ValueError(f"{key}, but flash_attn is not installed (pip install flash-attn): set it to auto or sdpa")
+        if have.capability < (8, 0):
+            raise ValueError(f"{key}, but this GPU has compute capability {have.capability[0]}.{have.capability[1]} and "
+                             "flash_attn needs 8.0: set it to auto or sdpa")
+        if dtype == "float32":
+            raise ValueError(f"{key}, but the weights are float32 and FlashAttention 2 runs in bf16/fp16 only: "
+                             "set model.dtype: bfloat16, or attn_implementation: auto")
     if want.attn_implementation != "auto":
         return want.attn_implementation, "model.attn_implementation"
     if not have.cuda:
