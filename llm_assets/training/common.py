@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import TrainOutput
 
 from llm_assets.paths import project_root
 from llm_assets.recipes import Recipe, TrainGroup
@@ -85,7 +87,38 @@ def train_resuming(trainer, reporter, spec: StageSpec):
         resume = label = last_complete_checkpoint(trainer.args.output_dir)
     if resume:
         reporter.log(f"[{spec.stage}] resuming from {label}")
-    return trainer.train(resume_from_checkpoint=resume), label
+    trainer.add_callback(_StopWhenFinished())
+    try:
+        return trainer.train(resume_from_checkpoint=resume), label
+    except _Finished:
+        reporter.log(f"[{spec.stage}] {label} is the final step ({trainer.state.global_step}): nothing left to train")
+        trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
+        return TrainOutput(trainer.state.global_step, logged_training_loss(trainer.state.log_history), {}), label
+
+
+class _Finished(Exception):
+    pass
+
+
+class _StopWhenFinished(TrainerCallback):
+    """A run killed after its final checkpoint resumes at ``max_steps``: the Trainer would still take one more step
+    (its loop checks for the end only after a step), so training stops here, with the checkpoint's weights and state
+    loaded by the Trainer itself (plain, PEFT or DeepSpeed)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            raise _Finished
+
+
+def logged_training_loss(log_history: list[dict[str, Any]]) -> float:
+    """The run's mean training loss from its logged losses (each the mean since the previous log), as the Trainer
+    reports it at the end of an uninterrupted run."""
+    total = steps = last = 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry:
+            total += entry["loss"] * (entry["step"] - last)
+            steps, last = steps + entry["step"] - last, entry["step"]
+    return total / steps if steps else float("nan")
 
 
 def rng_untouched_by_evaluation(trainer):
