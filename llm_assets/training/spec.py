@@ -11,7 +11,7 @@ from typing import Any
 
 from llm_assets.recipes import Recipe
 
-STAGES = ("base", "cpt", "sft", "reward", "rlhf", "quantize", "evaluate")
+STAGES = ("base", "cpt", "sft", "reward", "rlhf", "quantize", "evaluate", "evaluation", "release", "predict")
 
 
 def beside(output_dir: str | Path, suffix: str) -> Path:
