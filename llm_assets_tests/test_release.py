@@ -258,3 +258,58 @@ def test_release_stage_merges_an_adapter_into_its_base(tmp_path):
     expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), tmp_path / "adapter").merge_and_unload()
     released = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert torch.allclose(released(ids).logits, expected(ids).logits, atol=1e-5)
+
+
+def test_end_to_end_evaluation_release_approval_and_publishing(project_env, monkeypatch):
+    """The real chain on the micro recipe: stages, the evaluation with its blocking gates, released_model in the same run;
+    then an approval, the sensor's request and publishing to a registry directory. A failed gate in a later run of the
+    evaluation stops released_model in that run."""
+    from dagster import AssetSelection, Definitions, define_asset_job
+
+    from llm_assets.demo import register_drops
+    from llm_assets.demo_data import write_demo_drops
+    from llm_assets.stages import MODEL_ASSETS
+
+    recipes = project_env / "recipes"
+    write_recipe(recipes, cpt=None, reward=None, rlhf=None, evaluation={"limit": 8},
+                 release={"target": "s3", "registry": str(project_env / "registry"), "license": "mit"})
+    monkeypatch.setenv("LLM_ASSETS_RECIPES_DIR", str(recipes))
+    write_demo_drops(project_env / "data" / "landing", scale=0.1)
+    instance = DagsterInstance.get()
+    drops = register_drops(instance, default_resources()["landing"].open())
+    defs = definitions()
+    for kind, keys in drops.items():
+        for key in keys:
+            assert defs.resolve_job_def(f"{kind}_data_prep_job").execute_in_process(partition_key=key, instance=instance).success
+    job = define_asset_job("released", selection=AssetSelection.assets(*MODEL_ASSETS, "evaluation", "released_model"),
+                           partitions_def=defs.resolve_assets_def("released_model").partitions_def)
+    defs = Definitions.merge(defs, Definitions(jobs=[job]))
+
+    result = defs.resolve_job_def("released").execute_in_process(partition_key="tiny", instance=instance, raise_on_error=False)
+    assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    store = default_resources()["store"].open()
+    evaluation = store.record("models/evaluation/tiny")
+    version = store.latest_version("models/release/tiny")
+    card = ModelCard.load(store.get("models/release/tiny").file("README.md"))
+    scores = {r.task_name: r.metric_value for r in card.data.eval_results}
+    assert scores and scores == {task: by_role["released"]["value"] for task, by_role in evaluation["metrics"]["results"].items()}
+    assert store.record("models/release/tiny")["quantized_version"] == store.latest_version("models/quantize/tiny")
+
+    assert approve(defs, instance, version).success
+    [request] = sensor_says(defs, instance).run_requests
+    assert request.run_key == f"publish/tiny/{version}" and publish(defs, instance).success
+    assert open_store(str(project_env / "registry")).latest_version("tiny") == version
+    assert store.record("models/published/tiny")["results"] == evaluation["metrics"]["results"]
+
+    # a published version scoring higher than this one: the evaluation (reused) fails no_regression_vs_published, and
+    # its blocking check stops released_model in the same run
+    task = next(iter(evaluation["metrics"]["results"]))
+    store.put_record("models/published/tiny", "better", {"version": "f" * 64, "results": {
+        task: {"released": {"metric": "exact_match", "value": 2.0, "stderr": 0.0, "n": 8}}}})
+    again = defs.resolve_job_def("released").get_subset(asset_selection={AssetKey("evaluation"), AssetKey("released_model")})
+    rerun = again.execute_in_process(partition_key="tiny", instance=instance, raise_on_error=False)
+    failed = {c.check_name for c in rerun.get_asset_check_evaluations() if not c.passed}
+    assert failed == {"no_regression_vs_published"}
+    assert AssetKey("released_model") not in {e.asset_key for e in rerun.get_asset_materialization_events()}
+    refused = release(defs, instance)  # and in a later run the step itself refuses
+    assert not refused.success and "failed its gate no_regression_vs_published" in failure(refused)

@@ -177,7 +177,8 @@ def build_published_model(recipes: StaticPartitionsDefinition):
         released, approval = st.record(release_key(recipe.name)), approval_of(st, recipe.name, version)
         message = commit_message(recipe.name, released["recipe_hash"], version, released["drops_used"])
         try:
-            published = publish(recipe.release, recipe.name, st.get(release_key(recipe.name), version).path, version, message,
+            art = st.get(release_key(recipe.name), version)
+            published = publish(recipe.release, recipe.name, art.path, [f["path"] for f in art.manifest.files], version, message,
                                 hub_endpoint=hub.endpoint, s3_endpoint=store.s3.endpoint_url)
         except PublishError as e:
             raise Failure(description=str(e)) from None

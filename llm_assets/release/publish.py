@@ -11,12 +11,13 @@ which is the released version itself.
 
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from llm_assets.artifacts import MANIFEST, open_store
+from llm_assets.artifacts import open_store
 from llm_assets.recipes import ReleaseGroup
 
 
@@ -42,18 +43,19 @@ def commit_message(recipe: str, recipe_hash: str, version: str, drops: dict[str,
     return f"llm_assets release of recipe {recipe} {version[:12]} (recipe hash {recipe_hash[:12]}; data {data})"
 
 
-def publish(release: ReleaseGroup, name: str, directory: Path, version: str, message: str,
+def publish(release: ReleaseGroup, name: str, directory: Path, files: list[str], version: str, message: str,
             hub_endpoint: str | None = None, s3_endpoint: str | None = None) -> Published:
-    """Publish the files of ``directory`` (released version ``version`` of recipe ``name``) where ``release`` says."""
+    """Publish ``files`` (the manifest's paths) of ``directory``, released version ``version`` of recipe ``name``, where
+    ``release`` says. Only those: a store's local copy also holds its own bookkeeping (the manifest, a seal)."""
     if release.target == "hub":
-        return publish_to_hub(directory, release, message, release.endpoint or hub_endpoint)
+        return publish_to_hub(directory, files, release, message, release.endpoint or hub_endpoint)
     if release.target == "s3":
         return publish_to_registry(directory, release.registry, release.name or name, version, message, s3_endpoint)
     raise PublishError(f"recipe '{name}' has no release.target: set it to 'hub' (with release.repo) or 's3' "
                        "(with release.registry) to publish")
 
 
-def publish_to_hub(directory: Path, release: ReleaseGroup, message: str, endpoint: str | None) -> Published:
+def publish_to_hub(directory: Path, files: list[str], release: ReleaseGroup, message: str, endpoint: str | None) -> Published:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -65,7 +67,7 @@ def publish_to_hub(directory: Path, release: ReleaseGroup, message: str, endpoin
     try:
         api.create_repo(release.repo, private=release.private, exist_ok=True, repo_type="model")
         info = api.upload_folder(folder_path=str(directory), repo_id=release.repo, repo_type="model",
-                                 commit_message=message, ignore_patterns=[MANIFEST])
+                                 commit_message=message, allow_patterns=[glob.escape(f) for f in files])
     except HfHubHTTPError as e:
         status = getattr(e.response, "status_code", "?")
         raise PublishError(f"the Hub ({api.endpoint}) refused publishing to {release.repo} (HTTP {status}: "
@@ -81,5 +83,8 @@ def publish_to_registry(directory: Path, registry: str, name: str, version: str,
     except Exception as e:  # boto3's errors name the bucket and the call; the one line says which registry
         raise PublishError(f"publishing to the registry {registry} (release.registry) failed: {type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if manifest.version != version:  # the registry's version is the content hash: the same files give the released version
+        raise PublishError(f"{store.root}/{name} committed version {manifest.version[:12]}, not the released {version[:12]}: "
+                           f"{directory} holds files the release does not; materialize released_model again")
     location = f"{store.root}/{name}/versions/{manifest.version}"
     return Published(target="s3", location=location, sha=None, version=manifest.version, url=location)
