@@ -12,13 +12,18 @@ Layout under the root (a local directory or ``s3://bucket/prefix``)::
 the same version, and it is what assets report as their data version. A version without its
 MANIFEST.json (a writer killed half-way) is invisible to readers. Locally a commit is a
 rename of a fully written staging directory; on S3 the files are uploaded first and the
-manifest PUT last, which is atomic.
+manifest PUT last, which is atomic; a failed upload removes what it put there (what it cannot reach, an endpoint gone
+mid-commit, is left to ``llm_assets.maintenance.gc``).
+
+Every read is checked against the manifest: the size of each file on each access, and its sha256 when its bytes
+enter the download cache, when its stat changed since it was last hashed (``SEAL``), and on request (``verify``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -35,10 +40,20 @@ MANIFEST = "MANIFEST.json"
 LATEST = "LATEST"
 RECORDS = "records"  # <key>/records/<name>.json: run records beside the versions, not part of any version
 CURRENT_RECORD = "RECORD"  # <key>/RECORD: the name of the record of the most recent materialization
+# Beside a local copy's files (the local store's version directory, a cache entry): each file's stat identity (size,
+# mtime_ns, ctime_ns, inode) when its bytes last matched the manifest. Any write changes the ctime, which no user can
+# set back, so a file whose stat still matches needs no hashing; one whose stat changed is hashed again.
+SEAL = ".seal.json"
+
+log = logging.getLogger(__name__)
 
 
 class ArtifactNotFound(LookupError):
     pass
+
+
+class CorruptArtifact(IOError):
+    """Stored bytes that no longer match their manifest: never served."""
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -75,7 +90,7 @@ class Manifest:
 def build_manifest(key: str, directory: Path, metadata: dict[str, Any] | None = None) -> Manifest:
     files = []
     for p in sorted(directory.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(SEAL):  # a copy's bookkeeping, not content
             files.append({"path": p.relative_to(directory).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)})
     if not files:
         raise ValueError(f"refusing to commit an empty artifact for {key!r} (no files in {directory})")
@@ -94,6 +109,50 @@ class Artifact:
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+
+def _stat_identity(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _seal(directory: Path, manifest: Manifest) -> None:
+    """Record the stat identity of files whose bytes were just verified; a copy that cannot be written to goes unsealed
+    and is hashed on every read instead."""
+    body = json.dumps({f["path"]: _stat_identity(directory / f["path"]) for f in manifest.files}).encode()
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{SEAL}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as out:
+            out.write(body)
+        os.replace(tmp, directory / SEAL)
+    except OSError:
+        pass
+
+
+def check_copy(directory: Path, manifest: Manifest, full: bool = False) -> list[tuple[str, str]]:
+    """(file, what is wrong) for each file of a local copy whose bytes do not match ``manifest``; [] when sound.
+    Sizes are always compared; a file is hashed when its stat changed since it was sealed, or always when ``full``."""
+    try:
+        sealed = json.loads((directory / SEAL).read_bytes())
+    except (OSError, ValueError):
+        sealed = {}
+    bad, hashed = [], False
+    for f in manifest.files:
+        path = directory / f["path"]
+        try:
+            identity = _stat_identity(path)
+        except FileNotFoundError:
+            bad.append((f["path"], "the file is missing"))
+            continue
+        if identity[0] != f["size"]:
+            bad.append((f["path"], f"{identity[0]:,} bytes where the manifest says {f['size']:,}"))
+        elif full or sealed.get(f["path"]) != identity:
+            hashed = True
+            if sha256_file(path) != f["sha256"]:
+                bad.append((f["path"], "its sha256 differs from the manifest's"))
+    if hashed and not bad:
+        _seal(directory, manifest)
+    return bad
 
 
 def _check_key(key: str) -> str:
@@ -124,12 +183,32 @@ class Store:
             if isinstance(self.objects, LocalObjects):
                 self._commit_local(Path(directory), vdir, manifest)
             else:
-                for f in manifest.files:
-                    self.objects.upload(Path(directory) / f["path"], f"{vdir}/{f['path']}")
-                self.objects.write_bytes(f"{vdir}/{MANIFEST}", manifest.to_json())
+                try:
+                    for f in manifest.files:
+                        self.objects.upload(Path(directory) / f["path"], f"{vdir}/{f['path']}")
+                    self.objects.write_bytes(f"{vdir}/{MANIFEST}", manifest.to_json())
+                except BaseException:
+                    self._discard_uncommitted(vdir, manifest)
+                    raise
         if latest:
             self.objects.write_bytes(f"{key}/{LATEST}", manifest.version.encode())
         return manifest
+
+    def _discard_uncommitted(self, vdir: str, manifest: Manifest) -> None:
+        """After a failed upload: abort its open multipart uploads and delete the files it put, unless a racing commit
+        of the same content finished. Best effort: with the endpoint gone this fails too, and the GC finds the rest."""
+        try:
+            if self.objects.exists(f"{vdir}/{MANIFEST}"):
+                return
+            ours = {f"{vdir}/{f['path']}" for f in manifest.files}
+            for upload in self.objects.list_uploads(vdir):
+                if upload.path in ours:
+                    self.objects.abort_upload(upload)
+            for f in manifest.files:
+                self.objects.delete(f"{vdir}/{f['path']}")
+        except Exception as e:  # the commit's own error is the one to raise
+            log.warning(f"could not clean up the failed commit of {self.root}/{vdir} ({type(e).__name__}: {e}); "
+                        "python -m llm_assets.gc removes what is left")
 
     def _commit_local(self, directory: Path, vdir: str, manifest: Manifest) -> None:
         objects: LocalObjects = self.objects  # type: ignore[assignment]
@@ -141,6 +220,7 @@ class Store:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(directory / f["path"], dst)
             (staging / MANIFEST).write_bytes(manifest.to_json())
+            _seal(staging, manifest)  # a rename keeps the files' stat identity
             target = objects.local_path(vdir)
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -243,33 +323,70 @@ class Store:
         entry = next((f for f in manifest.files if f["path"] == name), None)
         if entry is None:
             return None
-        path = f"{key}/versions/{manifest.version}/{name}"
-        data = self.objects.read_bytes(path)
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise IOError(f"{self.root}/{path} does not match its manifest sha256; the store is corrupt")
+        data = self.objects.read_bytes(f"{key}/versions/{manifest.version}/{name}")
+        if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise self._corrupt(manifest, [(name, "its bytes differ from the manifest's")])
         return data
 
-    def get(self, key: str, version: str | None = None) -> Artifact:
-        """A local directory with the files of a committed version (downloaded and verified for S3)."""
+    def get(self, key: str, version: str | None = None, verify: bool = False) -> Artifact:
+        """A local directory with the files of a committed version, checked against its manifest (see ``check_copy``;
+        ``verify`` hashes every file). Corrupt bytes in the store raise ``CorruptArtifact``; a damaged copy in the S3
+        download cache is only a cache: it is fetched again (and verified) instead."""
         manifest = self.manifest(key, version)
         vdir = f"{key}/versions/{manifest.version}"
         if isinstance(self.objects, LocalObjects):
-            return Artifact(manifest, self.objects.local_path(vdir))
+            path = self.objects.local_path(vdir)
+            if bad := check_copy(path, manifest, verify):
+                raise self._corrupt(manifest, bad)
+            return Artifact(manifest, path)
         local = self.cache_dir / vdir
+        if (local / MANIFEST).exists() and (bad := check_copy(local, manifest, verify)):
+            log.warning(f"the cached copy {local} of {key} version {manifest.version[:12]} is damaged "
+                        f"({bad[0][0]}: {bad[0][1]}); fetching it again from {self.root}")
+            shutil.rmtree(local, ignore_errors=True)
         if not (local / MANIFEST).exists():
-            tmp = self.cache_dir / ".partial" / uuid.uuid4().hex
+            self._download(manifest, vdir, local)
+        return Artifact(manifest, local)
+
+    def _download(self, manifest: Manifest, vdir: str, local: Path) -> None:
+        """Fetch into a private directory, hash every file, then rename it into the cache: a reader never sees a partial
+        or unverified copy."""
+        tmp = self.cache_dir / ".partial" / uuid.uuid4().hex
+        try:
             for f in manifest.files:
                 self.objects.download(f"{vdir}/{f['path']}", tmp / f["path"])
-                if sha256_file(tmp / f["path"]) != f["sha256"]:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    raise IOError(f"{self.root}/{vdir}/{f['path']} does not match its manifest sha256; the store is corrupt")
             (tmp / MANIFEST).write_bytes(manifest.to_json())
+            if bad := check_copy(tmp, manifest, full=True):
+                raise self._corrupt(manifest, bad)
             local.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.rename(tmp, local)
             except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)  # a concurrent reader put it there first
-        return Artifact(manifest, local)
+                pass  # a concurrent reader put it there first
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def verify(self, key: str, version: str) -> list[tuple[str, str]]:
+        """Hash every stored file of a version (for the GC's ``--verify``, or a doubt): (file, what is wrong) for each
+        bad one, [] when sound. On S3 this reads all of the version's bytes."""
+        manifest = self.manifest(key, version)
+        vdir = f"{key}/versions/{manifest.version}"
+        if isinstance(self.objects, LocalObjects):
+            return check_copy(self.objects.local_path(vdir), manifest, full=True)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".verify-") as tmp:
+            for f in manifest.files:
+                self.objects.download(f"{vdir}/{f['path']}", Path(tmp) / f["path"])
+            return check_copy(Path(tmp), manifest, full=True)
+
+    def _corrupt(self, manifest: Manifest, bad: list[tuple[str, str]]) -> CorruptArtifact:
+        vdir = f"{self.root}/{manifest.key}/versions/{manifest.version}"
+        name, why = bad[0]
+        more = f" (and {len(bad) - 1} more files)" if len(bad) > 1 else ""
+        return CorruptArtifact(
+            f"{vdir}/{name} does not match its manifest: {why}{more}. Version {manifest.version[:12]} of {manifest.key!r} "
+            f"is corrupt and is not served: delete it (python -m llm_assets.gc --verify, or remove {vdir}) and "
+            f"materialize {manifest.key} again")
 
 
 def open_store(root: str, s3_endpoint: str | None = None, region: str | None = None, cache_dir: Path | None = None) -> Store:

@@ -16,10 +16,23 @@ from typing import Any, Protocol
 
 @dataclass(frozen=True)
 class ObjectInfo:
+    """``etag`` changes whenever the content may have: S3's entity tag, or for a local file its stat identity
+    ``<mtime_ns>.<ctime_ns>.<inode>`` (any write, even one that restores size and mtime, moves the ctime, which a user
+    cannot set back; an atomic replace changes the inode)."""
+
     path: str  # relative to the root, '/'-separated
     size: int
     mtime: float  # seconds since the epoch
     etag: str = ""
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An S3 multipart upload not completed nor aborted: its parts are stored (and billed) but belong to no object."""
+
+    path: str  # the object it would create, relative to the root
+    upload_id: str
+    initiated: float  # seconds since the epoch
 
 
 class Objects(Protocol):
@@ -34,6 +47,9 @@ class Objects(Protocol):
     def delete_prefix(self, prefix: str) -> None: ...
     def delete(self, path: str) -> None: ...
     def copy(self, src: str, dst: str) -> None: ...
+    def list_uploads(self, prefix: str = "") -> list[Upload]: ...
+    def upload_bytes(self, upload: Upload) -> int: ...
+    def abort_upload(self, upload: Upload) -> None: ...
 
 
 def _join(*parts: str) -> str:
@@ -59,7 +75,8 @@ class LocalObjects:
         for p in entries:
             if p.is_file():
                 st = p.stat()
-                out.append(ObjectInfo(p.relative_to(self._root).as_posix(), st.st_size, st.st_mtime))
+                identity = f"{st.st_mtime_ns}.{st.st_ctime_ns}.{st.st_ino}"
+                out.append(ObjectInfo(p.relative_to(self._root).as_posix(), st.st_size, st.st_mtime, identity))
         return sorted(out, key=lambda o: o.path)
 
     def read_bytes(self, path: str) -> bytes:
@@ -100,6 +117,15 @@ class LocalObjects:
 
     def local_path(self, path: str) -> Path:
         return self._p(path)
+
+    def list_uploads(self, prefix: str = "") -> list[Upload]:
+        return []  # a local write is never left half-way as a separate upload
+
+    def upload_bytes(self, upload: Upload) -> int:
+        return 0
+
+    def abort_upload(self, upload: Upload) -> None:
+        pass
 
 
 class S3Objects:
@@ -165,6 +191,23 @@ class S3Objects:
     def copy(self, src: str, dst: str) -> None:
         """Server-side: the bytes never pass through this machine (``copy`` is boto3's managed, multipart copy)."""
         self.client.copy({"Bucket": self.bucket, "Key": self._k(src)}, self.bucket, self._k(dst))
+
+    def _rel(self, key: str) -> str:
+        return key[len(self.prefix) + 1:] if self.prefix else key
+
+    def list_uploads(self, prefix: str = "") -> list[Upload]:
+        full = self._k(prefix)
+        out = []
+        for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=full + "/" if full else ""):
+            out += [Upload(self._rel(u["Key"]), u["UploadId"], u["Initiated"].timestamp()) for u in page.get("Uploads", [])]
+        return sorted(out, key=lambda u: (u.path, u.initiated))
+
+    def upload_bytes(self, upload: Upload) -> int:
+        pages = self.client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=self._k(upload.path), UploadId=upload.upload_id)
+        return sum(part["Size"] for page in pages for part in page.get("Parts", []))
+
+    def abort_upload(self, upload: Upload) -> None:
+        self.client.abort_multipart_upload(Bucket=self.bucket, Key=self._k(upload.path), UploadId=upload.upload_id)
 
 
 def open_objects(root: str, s3_client_factory: Any = None) -> Objects:
