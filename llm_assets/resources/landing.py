@@ -60,6 +60,11 @@ def split_key(key: str) -> tuple[str, str | None]:
 
 @dataclass(frozen=True)
 class LandedFile:
+    """A file as the sensor sees it. Its identity (size, mtime, etag) changes whenever its content may have: ``etag`` is
+    S3's, or for a local file ``<mtime_ns>.<ctime_ns>.<inode>``, so even a rewrite that keeps size and mtime (``os.utime``)
+    moves the ctime, which a user cannot set back. A changed identity makes the sensor hash the file again: new content
+    is a new drop, the same content (a chmod, a copy over itself) is not."""
+
     kind: str
     name: str
     key: str
