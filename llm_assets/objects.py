@@ -216,3 +216,18 @@ def open_objects(root: str, s3_client_factory: Any = None) -> Objects:
             raise ValueError(f"{root} is an S3 location but no S3 client is configured")
         return S3Objects(root, s3_client_factory())
     return LocalObjects(root)
+
+
+def put_if(objects: S3Objects, path: str, data: bytes, etag: str | None) -> str | None:
+    """Write ``path`` only if it is absent (``etag`` None) or still the version ``etag``: S3's conditional PUT. Returns
+    the new entity tag, or None when the condition failed (another writer got there first)."""
+    from botocore.exceptions import ClientError
+
+    condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": f'"{etag.strip(chr(34))}"'}
+    try:
+        reply = objects.client.put_object(Bucket=objects.bucket, Key=objects._k(path), Body=data, **condition)
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+            return None
+        raise
+    return reply["ETag"].strip('"')

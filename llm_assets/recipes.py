@@ -98,7 +98,8 @@ class ModelGroup(Group):
     revision: str | None = Field(None, description="Pinned hub commit (40 hex characters); required for hub models.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="Must stay false: workers load models with transformers' own "
+                                    "code only, never code shipped in a hub repo.")
     seed: int = Field(42, description="Initialises the weights of a builtin model (part of base_model's identity).")
     architecture: ArchitectureGroup = ArchitectureGroup()
 
@@ -119,6 +120,16 @@ class ModelGroup(Group):
                 raise ValueError(f"model.architecture differs from {data['base']}'s fixed shape ({fixed}): leave "
                                  "'model.architecture' out, or use builtin:tiny for a shape of your own")
         return {**data, "architecture": shape}
+
+    @field_validator("trust_remote_code")
+    @classmethod
+    def _no_remote_code(cls, value: bool) -> bool:
+        """Refused rather than ignored: running a repo's own Python in every worker (and in the code location, which
+        reads configs) is arbitrary code execution that the pinned revision alone does not make safe."""
+        if value:
+            raise ValueError("true is not supported: every stage loads models with transformers' own architectures and "
+                             "never runs code from a hub repo; use a model transformers supports natively, or remove the key")
+        return value
 
     @model_validator(mode="after")
     def _hub_models_are_pinned(self) -> "ModelGroup":

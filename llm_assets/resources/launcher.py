@@ -27,7 +27,6 @@ from dagster import (
     MetadataValue,
     PipesClientCompletedInvocation,
     PipesTempFileContextInjector,
-    PipesTempFileMessageReader,
     open_pipes_session,
 )
 from pydantic import Field
@@ -35,6 +34,7 @@ from pydantic import Field
 from llm_assets.artifacts import Store
 from llm_assets.launch.ecs import EcsSettings, run_ecs_worker
 from llm_assets.launch.k8s import K8sSettings, run_k8s_worker
+from llm_assets.launch.pipes_messages import WholeLineMessageReader
 from llm_assets.launch.sizing import local_gpu_shortfall, worker_processes
 from llm_assets.recipes import Recipe
 from llm_assets.training.hardware import training_thread_env
@@ -145,21 +145,33 @@ def run_pipes_process(context: AssetExecutionContext, command: list[str], env: d
 
     Its error, DagsterPipesExecutionError, is not exported by Dagster 1.13 (only ``dagster._core.errors``
     has it), and its message is the only place the status was; this uses the public session API instead.
-    An interrupted run (terminated from the UI) sends the child SIGINT first, as that client does.
+    The child runs in its own process group and dies with this process (``parent_death``), so neither a killed step
+    nor a finished torchrun leaves a worker training. An interrupted run (terminated from the UI) sends the group
+    SIGINT first, as that client does. Messages are read whole-line only (``WholeLineMessageReader``).
     """
     with open_pipes_session(context=context, context_injector=PipesTempFileContextInjector(),
-                            message_reader=PipesTempFileMessageReader(), extras=extras) as session:
-        process = subprocess.Popen(command, cwd=str(cwd) if cwd else None, env={**os.environ, **env, **session.get_bootstrap_env_vars()})
+                            message_reader=WholeLineMessageReader(context.log), extras=extras) as session:
+        process = subprocess.Popen([sys.executable, "-m", "llm_assets.launch.parent_death", *command], process_group=0,
+                                   cwd=str(cwd) if cwd else None, env={**os.environ, **env, **session.get_bootstrap_env_vars()})
         try:
             returncode = process.wait()
         except BaseException:
-            process.send_signal(signal.SIGINT)
+            _signal_group(process.pid, signal.SIGINT)
             try:
                 process.wait(timeout=CHILD_STOP_SECONDS)
             except subprocess.TimeoutExpired:
                 process.kill()
             raise
+        finally:
+            _signal_group(process.pid, signal.SIGKILL)  # what the worker left running (a torchrun rank) goes with it
     return returncode, PipesClientCompletedInvocation(session)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is empty: every process of it has exited
 
 
 def _has_cuda() -> bool:

@@ -62,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.spec:
         Reporter().result(run_spec(args.stage, args.spec, Reporter()))
         return 0
+    from llm_assets.launch.parent_death import die_with_parent
     from llm_assets.training.worker import is_rank0, run_order
 
+    die_with_parent()  # a torchrun rank dies with torchrun, as torchrun and a single worker die with the Dagster step
     order = load_order(args.stage)
     if not is_rank0():
         run_order(order, Reporter())

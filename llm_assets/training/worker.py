@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import traceback
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from llm_assets.artifacts import Store, open_store
 from llm_assets.paths import worker_cache_dir
 from llm_assets.tokens_cache import TOKENS_FILE
 from llm_assets.training.models import ADAPTER_CONFIG, adapter_base, is_adapter
+from llm_assets.training.checkpoints import checkpoint_lock
 from llm_assets.training.order import WorkOrder
 from llm_assets.training.curves import curves_path, render
 from llm_assets.training.report import Reporter
@@ -146,7 +148,10 @@ def run_order(order: WorkOrder, reporter: Reporter) -> dict[str, Any]:
     store = open_store(order.store.root, order.store.s3_endpoint, order.store.region, worker_cache_dir())
     root = os.environ.get("LLM_ASSETS_SCRATCH")
     scratch = Path(tempfile.mkdtemp(prefix=f"llm-assets-{order.stage}-", dir=root and Path(root)))
+    held = ExitStack()
     try:
+        if order.checkpoints and is_rank0():  # one worker per fingerprint writes its checkpoints, until it has cleared them
+            held.enter_context(checkpoint_lock(store, order.checkpoints_key))
         spec, inputs = prepare(order, store, scratch)
         Path(spec.output_dir).mkdir(parents=True)
         metrics = run_stage(order.stage, spec, reporter)
@@ -168,6 +173,7 @@ def run_order(order: WorkOrder, reporter: Reporter) -> dict[str, Any]:
             store.put_json(order.error_path, {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
         raise
     finally:
+        held.close()
         tokens = scratch / "tokens"
         if is_rank0() and order.tokens and (tokens / TOKENS_FILE).exists():  # kept even when training failed: it is valid
             store.commit(order.tokens["key"], tokens, {"stage": order.stage})
