@@ -5,8 +5,14 @@ last word, word count, reversal). Answers are exact, so exact-match accuracy bef
 each training stage is a meaningful figure. The same generator makes all three kinds:
 
 * SFT pairs (two drops: prompt/completion JSONL with a few deliberate defects, and chat JSONL),
-* preference pairs (the right answer chosen, a plausible wrong one rejected),
+* preference pairs (the right answer chosen over a plausible wrong one; an answer ending with a full stop chosen over
+  the same answer ending otherwise),
 * pre-training prose that states the same facts in sentences.
+
+An answer may end with nothing, "." or "!" (``STYLES``): the task allows each, and the SFT data uses them equally
+often, so SFT learns the task and stays neutral about the ending. The preference data adds what SFT does not know:
+labellers prefer the full stop. ``llm_assets.demo_gold`` scores a reply as they did (each preference row names it in
+its ``gold`` field); exact match ignores the ending, so it still grades the task alone.
 
 Everything is deterministic for a seed, so tests and the README's figures are reproducible.
 """
@@ -27,6 +33,10 @@ TEMPLATES = {
     "reverse": ("Reverse the words: {w}", "Write these words backwards: {w}"),
 }
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six")
+STYLES = ("", ".", "!")  # how an answer may end; the SFT data uses each equally often
+PREFERRED_ENDING = "."  # what the labellers of the preference data prefer
+GOLD = "demo_word_tasks"  # the gold preference function of these pairs (llm_assets.demo_gold.GOLD_FUNCTIONS)
+STYLE_PAIRS = 0.5  # share of preference pairs that differ only in how the right answer ends
 
 
 def answer(op: str, words: list[str]) -> str:
@@ -39,9 +49,10 @@ def answer(op: str, words: list[str]) -> str:
     return " ".join(reversed(words))
 
 
-def rejected_answer(op: str, words: list[str], rng: random.Random) -> str:
-    """What a labeller prefers less: mostly a plausible mistake, sometimes an unhelpful reply
-    (a refusal, a hedge around a wrong answer, a stutter) as in real preference data."""
+def rejected_answer(op: str, words: list[str], rng: random.Random, ending: str = "") -> str:
+    """What a labeller prefers less than the right answer: mostly a plausible mistake (ending in ``ending``, as the
+    right answer it is paired with does), sometimes an unhelpful reply (a refusal, a hedge around a wrong answer, a
+    stutter) as in real preference data."""
     roll = rng.random()
     if roll < 0.15:
         return rng.choice(("Sorry, I cannot help with that.", "I am not sure.", "Please ask something else."))
@@ -49,8 +60,8 @@ def rejected_answer(op: str, words: list[str], rng: random.Random) -> str:
         return f"I think it is {wrong_answer(op, words, rng)}, maybe."
     if roll < 0.40:
         right = answer(op, words)
-        return f"{right} {right}"
-    return wrong_answer(op, words, rng)
+        return f"{right} {right}{ending}"
+    return wrong_answer(op, words, rng) + ending
 
 
 def wrong_answer(op: str, words: list[str], rng: random.Random) -> str:
@@ -80,23 +91,40 @@ def examples(n: int, rng: random.Random) -> list[tuple[str, str, list[str]]]:
     return out
 
 
+def endings(seed: int) -> random.Random:
+    """The endings' own generator: the examples (prompts, answers) are those of the seed whatever the endings."""
+    return random.Random(f"endings-{seed}")
+
+
 def sft_rows(n: int, seed: int) -> list[dict]:
-    return [{"prompt": p, "completion": answer(op, w), "task": op} for op, p, w in examples(n, random.Random(seed))]
+    ends = endings(seed)
+    return [{"prompt": p, "completion": answer(op, w) + ends.choice(STYLES), "task": op}
+            for op, p, w in examples(n, random.Random(seed))]
 
 
 def chat_rows(n: int, seed: int) -> list[dict]:
+    ends = endings(seed)
     return [
-        {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": answer(op, w)}], "task": op}
+        {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": answer(op, w) + ends.choice(STYLES)}],
+         "task": op}
         for op, p, w in examples(n, random.Random(seed))
     ]
 
 
+def preference_pair(op: str, words: list[str], rng: random.Random) -> tuple[str, str]:
+    """(chosen, rejected): the same right answer ending in a full stop against another ending (``STYLE_PAIRS`` of
+    them), or the right answer against a worse reply, both ending alike (the pair is about the answer alone)."""
+    right = answer(op, words)
+    if rng.random() < STYLE_PAIRS:
+        return right + PREFERRED_ENDING, right + rng.choice([e for e in STYLES if e != PREFERRED_ENDING])
+    ending = rng.choice(STYLES)
+    return right + ending, rejected_answer(op, words, rng, ending)
+
+
 def preference_rows(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
-    return [
-        {"prompt": p, "chosen": answer(op, w), "rejected": rejected_answer(op, w, rng), "task": op}
-        for op, p, w in examples(n, rng)
-    ]
+    return [{"prompt": p, **dict(zip(("chosen", "rejected"), preference_pair(op, w, rng))), "task": op, "gold": GOLD}
+            for op, p, w in examples(n, rng)]
 
 
 def corpus_rows(n: int, seed: int) -> list[dict]:

@@ -191,6 +191,11 @@ class RlhfGroup(TrainGroup):
     num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (RLOO/GRPO).")
     max_new_tokens: int = Field(32, gt=0)
     temperature: float = Field(1.0, gt=0)
+    min_win_rate: float = Field(0.5, ge=0, le=1, description="Gate: the policy's win rate against SFT on held-out "
+                                "prompts, as the reward model judges sampled replies (ties count half), at least this; DPO: its "
+                                "preference accuracy on held-out pairs. 0.5: not worse than SFT.")
+    max_kl: float = Field(2.0, ge=0, description="Gate: KL(policy || SFT) per held-out reply (nats, summed over the "
+                          "reply's tokens) at most this.")
 
 
 class LoraGroup(Group):

@@ -41,6 +41,13 @@ def stage_rows(metrics: dict[str, dict[str, Any]], passthrough: dict[str, str]) 
                 add("rlhf", "mean reward (sampled)", m.get("sft_mean_reward"), m.get("mean_reward"), "sft")
                 add("rlhf", "mean reward (greedy)", m.get("sft_greedy_mean_reward"), m.get("greedy_mean_reward"), "sft")
                 add("rlhf", "win rate vs SFT", 0.5, m.get("win_rate_vs_sft"), "sft", pct=True)
+            if "preference_accuracy" in m:  # DPO's own measures on held-out pairs (its implicit reward)
+                add("rlhf", "DPO preference accuracy", 0.5, m.get("preference_accuracy"), "sft", pct=True)
+                add("rlhf", "DPO reward margin", 0.0, m.get("reward_margin"), "sft")
+            if "gold_win_rate_vs_sft" in m:  # generated data: the preference the pairs were labelled with
+                add("rlhf", "gold score (sampled)", m.get("sft_gold_score"), m.get("gold_score"), "sft")
+                add("rlhf", "gold win rate vs SFT", 0.5, m.get("gold_win_rate_vs_sft"), "sft", pct=True)
+            if "kl_to_sft" in m and "mean_reward" not in m:
                 add("rlhf", "KL to SFT", 0.0, m.get("kl_to_sft"), "sft")
             add("rlhf", "exact match", m.get("parent_exact_match"), m.get("exact_match"), "sft", pct=True)
         elif stage == "quantize":

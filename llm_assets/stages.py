@@ -1,5 +1,5 @@
 """The stage table: for every model stage, the one place that says what it starts from, which data it
-reads, which recipe fields decide its result and which gate guards it.
+reads, which recipe fields decide its result and which gates guard it.
 
 The asset deps, the stage spec, the training identity (fingerprint) and the gate checks are all
 generated from this table, so they cannot drift apart. A stage's identity is exactly what it
@@ -38,10 +38,17 @@ class Gate:
     check: str
     description: str
     metric: str
+    # (rlhf.algorithm, metric) pairs: what the gate reads instead for an algorithm that measures itself otherwise
+    # (DPO has no sampled replies judged against SFT: its own preference accuracy on held-out pairs)
+    metric_by_algorithm: tuple[tuple[str, str], ...] = ()
     threshold: str | None = None  # dotted recipe field holding the threshold; None: compared with ``baseline``
     baseline: str | None = None  # metric of the parent the result must beat
     higher_is_better: bool = True
     advice: str = ""
+
+    def metric_for(self, recipe: Recipe) -> str:
+        algorithm = recipe.rlhf.algorithm if recipe.rlhf is not None else None
+        return dict(self.metric_by_algorithm).get(algorithm, self.metric)
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,7 @@ class Stage:
     parents: tuple[str, ...]  # stages whose model this one may start from (asset deps)
     data: tuple[str, ...]  # data kinds it trains or evaluates on
     reads: tuple[str, ...]  # dotted recipe fields (or whole groups) that decide its result
-    gate: Gate | None = None
+    gates: tuple[Gate, ...] = ()
     adapters: bool = False  # reads the adapter fields when the recipe trains adapters
 
     def active(self, recipe: Recipe) -> bool:
@@ -102,10 +109,11 @@ class Stage:
         if "distributed.deepspeed" in out and out["distributed.deepspeed"]:  # its content decides, not its file name
             path = deepspeed_config_path(out["distributed.deepspeed"])
             out["deepspeed_config"] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-        if self.gate and self.gate.threshold:
-            group, _, key = self.gate.threshold.partition(".")
-            if isinstance(out.get(group), dict):
-                out[group] = {k: v for k, v in out[group].items() if k != key}
+        for gate in self.gates:
+            if gate.threshold:
+                group, _, key = gate.threshold.partition(".")
+                if isinstance(out.get(group), dict):
+                    out[group] = {k: v for k, v in out[group].items() if k != key}
         return out
 
     def fingerprint(self, recipe: Recipe, inputs: dict[str, str], code_version: str, options: dict[str, Any]) -> str:
@@ -131,26 +139,35 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("sft", "sft_model", "Supervised fine-tuning (full, LoRA or QLoRA per recipe), loss on completions only; resumes "
           "from its last checkpoint.", None, ("cpt",), ("sft",),
           ("sft", "data.max_length", "data.packing", "data.chat_template", "data.truncation", *RUNTIME),
-          Gate("sft_beats_parent", "Held-out completion loss below the parent model's.", "eval_loss",
-               baseline="parent_eval_loss", higher_is_better=False,
-               advice="SFT did not lower the held-out loss: check the learning rate, steps and data"),
+          (Gate("sft_beats_parent", "Held-out completion loss below the parent model's.", "eval_loss",
+                baseline="parent_eval_loss", higher_is_better=False,
+                advice="SFT did not lower the held-out loss: check the learning rate, steps and data"),),
           adapters=True),
     Stage("reward", "reward_model", "Pairwise reward model (sequence-classification head) on every validated preference "
           "drop, started from the model reward.base names.", "reward", ("sft", "cpt", "base"), ("preference",),
           ("reward", "data.max_length", "data.chat_template", *RUNTIME),
-          Gate("reward_accuracy_above_threshold", "Pairwise accuracy on held-out preference pairs at least "
-               "reward.min_accuracy.", "reward_accuracy", threshold="reward.min_accuracy",
-               advice="raise reward.max_steps or the learning rate, or check the preference data"),
+          (Gate("reward_accuracy_above_threshold", "Pairwise accuracy on held-out preference pairs at least "
+                "reward.min_accuracy.", "reward_accuracy", threshold="reward.min_accuracy",
+                advice="raise reward.max_steps or the learning rate, or check the preference data"),),
           adapters=True),
     Stage("rlhf", "rlhf_policy", "RLOO / GRPO against the reward model with a KL penalty to SFT, or offline DPO; reward, "
           "win rate and KL reported.", "rlhf", ("sft", "reward"), ("preference", "sft"),
-          ("rlhf", "data.max_length", "data.chat_template", *RUNTIME), adapters=True),
+          ("rlhf", "data.max_length", "data.chat_template", *RUNTIME),
+          (Gate("policy_beats_sft", "Win rate against SFT on held-out prompts, as the reward model judges sampled replies "
+                "(DPO: its preference accuracy on held-out pairs), at least rlhf.min_win_rate.", "win_rate_vs_sft",
+                metric_by_algorithm=(("dpo", "preference_accuracy"),), threshold="rlhf.min_win_rate",
+                advice="the policy does not beat SFT: raise rlhf.max_steps or rlhf.learning_rate, lower rlhf.beta, or "
+                       "check the reward model and the preference data"),
+           Gate("kl_within_bound", "KL(policy || SFT) per held-out reply at most rlhf.max_kl.", "kl_to_sft",
+                threshold="rlhf.max_kl", higher_is_better=False,
+                advice="the policy drifted too far from SFT: raise rlhf.beta, lower rlhf.learning_rate or rlhf.max_steps")),
+          adapters=True),
     Stage("quantize", "quantized_model", "Adapters merged, then bitsandbytes 4-bit NF4 (or 8-bit); size ratio and "
           "eval-loss delta reported.", "quantization", ("rlhf",), ("sft",),
           ("quantization", "data.max_length", "data.chat_template", "model.dtype"),  # merged and quantized in that dtype
-          Gate("eval_loss_delta_within_bound", "Quantized eval loss minus unquantized at most "
-               "quantization.max_eval_loss_delta.", "eval_loss_delta", threshold="quantization.max_eval_loss_delta",
-               higher_is_better=False, advice="use 8-bit, or raise quantization.max_eval_loss_delta if the loss is acceptable")),
+          (Gate("eval_loss_delta_within_bound", "Quantized eval loss minus unquantized at most "
+                "quantization.max_eval_loss_delta.", "eval_loss_delta", threshold="quantization.max_eval_loss_delta",
+                higher_is_better=False, advice="use 8-bit, or raise quantization.max_eval_loss_delta if the loss is acceptable"),)),
 )}
 
 MODEL_ASSETS = [s.asset for s in STAGES.values()]
@@ -158,17 +175,18 @@ MODEL_ASSETS = [s.asset for s in STAGES.values()]
 
 def gate_outcome(gate: Gate, recipe: Recipe, metrics: dict[str, Any]) -> tuple[bool, dict[str, Any], str]:
     """(passed, metadata, one-line reason when failed) of ``gate`` on a stage's stored ``metrics``."""
-    value = metrics.get(gate.metric)
+    metric = gate.metric_for(recipe)
+    value = metrics.get(metric)
     if gate.threshold:
         bound = _get(recipe.model_dump(mode="json"), gate.threshold)
         label = gate.threshold
     else:
         bound, label = metrics.get(gate.baseline), gate.baseline
     if value is None or bound is None:
-        return False, {}, f"the stored metrics have no {gate.metric!r} or {label!r}: materialize the stage again"
+        return False, {}, f"the stored metrics have no {metric!r} or {label!r}: materialize the stage again"
     # a threshold may be met exactly; a parent's figure must be beaten
     relation = ">=" if gate.higher_is_better else ("<=" if gate.threshold else "<")
     passed = {">=": value >= bound, "<=": value <= bound, "<": value < bound}[relation]
-    meta = {gate.metric: round(float(value), 6), label: round(float(bound), 6)}
-    reason = "" if passed else f"{gate.metric} {value:.4g} is not {relation} {label} {bound:.4g}: {gate.advice}"
+    meta = {metric: round(float(value), 6), label: round(float(bound), 6)}
+    reason = "" if passed else f"{metric} {value:.4g} is not {relation} {label} {bound:.4g}: {gate.advice}"
     return passed, meta, reason

@@ -21,7 +21,7 @@ MICRO = {
     "sft": {"max_steps": 6, "learning_rate": 1e-3, "per_device_batch_size": 8, "logging_steps": 2, "save_steps": 3},
     "reward": {"max_steps": 4, "learning_rate": 1e-3, "per_device_batch_size": 8, "logging_steps": 2, "min_accuracy": 0.0},
     "rlhf": {"algorithm": "rloo", "max_steps": 2, "learning_rate": 1e-4, "per_device_batch_size": 4, "num_generations": 2,
-             "max_new_tokens": 4, "logging_steps": 1},
+             "max_new_tokens": 4, "logging_steps": 1, "min_win_rate": 0.0, "max_kl": 100.0},
     "quantization": {"bits": 4, "max_eval_loss_delta": 10.0},
 }
 

@@ -51,6 +51,7 @@ def test_whole_graph_on_the_micro_recipe(graph):
     checks = {(c.asset_key.path[-1], c.check_name): c.passed for c in result.get_asset_check_evaluations()}
     assert checks == {("base_model", "rows_fit_max_length"): True,
                       ("sft_model", "sft_beats_parent"): True, ("reward_model", "reward_accuracy_above_threshold"): True,
+                      ("rlhf_policy", "policy_beats_sft"): True, ("rlhf_policy", "kl_within_bound"): True,
                       ("quantized_model", "eval_loss_delta_within_bound"): True}
     sft = meta(instance, "sft_model")
     assert sft["eval_loss"] < sft["parent_eval_loss"] and sft["steps"] == 6 and "demo_word_tasks.jsonl" in str(sft["drops_used"])

@@ -50,7 +50,7 @@ from llm_assets.stages import STAGES, Stage, gate_outcome
 from llm_assets.tokens_cache import cache_key, tokenizer_digest
 from llm_assets.training.order import StoreSettings, WorkOrder
 
-CACHED_STAGES = ("sft",)
+CACHED_STAGES = ("cpt", "sft", "reward")
 FORCE_TAG = "llm_assets/force_retrain"
 
 
@@ -265,21 +265,21 @@ def build_model_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDef
 
 
 def build_gate_checks(partitions: StaticPartitionsDefinition) -> list[AssetChecksDefinition]:
-    """Each stage's gate as a blocking check that reads the stored metrics: it runs with its asset, or alone from the
-    UI (a threshold edit needs no retraining). A stage the recipe leaves out reports no result: the check shows skipped."""
+    """Each stage's gates as blocking checks that read the stored metrics: they run with their asset, or alone from the
+    UI (a threshold edit needs no retraining). A stage the recipe leaves out reports no result: the checks show skipped."""
 
     def gate_check(stage: Stage) -> AssetChecksDefinition:
-        gate = stage.gate
         skipped_when = f" Skipped when the recipe has no {stage.group} group." if stage.group else ""
         with partitioned_checks():
-            spec = AssetCheckSpec(gate.check, asset=stage.asset, blocking=True, partitions_def=partitions,
-                                  description=gate.description + skipped_when)
+            specs = [AssetCheckSpec(g.check, asset=stage.asset, blocking=True, partitions_def=partitions,
+                                    description=g.description + skipped_when) for g in stage.gates]
 
-        @multi_asset_check(specs=[spec], can_subset=True, name=f"{stage.asset}_gate")
+        @multi_asset_check(specs=specs, can_subset=True, name=f"{stage.asset}_gate")
         def check(context: AssetCheckExecutionContext, store: ArtifactStore):
             recipe = recipe_of(context)
+            names = ", ".join(g.check for g in stage.gates)
             if not stage.active(recipe):
-                context.log.info(f"{gate.check} skipped: recipe '{recipe.name}' has no {stage.group} group, so "
+                context.log.info(f"{names} skipped: recipe '{recipe.name}' has no {stage.group} group, so "
                                  f"{stage.asset} passes its parent through and there is nothing to check")
                 return
             st, key = store.open(), model_key(stage.name, recipe.name)
@@ -287,17 +287,24 @@ def build_gate_checks(partitions: StaticPartitionsDefinition) -> list[AssetCheck
             if record is None or record["version"] != st.latest_version(key):
                 raise Failure(description=f"{stage.asset} has no stored run record for its current version (recipe "
                                           f"'{recipe.name}'): materialize it, then run the check")
-            passed, metadata, reason = gate_outcome(gate, recipe, record.get("metrics", {}))
-            # kept with the record: a later run must not train on a model that failed its gate
-            st.put_record(key, record["fingerprint"], {**record, "gate": {"check": gate.check, "passed": passed, "reason": reason}})
-            if not passed:
-                context.log.error(f"{stage.asset} [{recipe.name}] {gate.check} failed: {reason}")
-            yield AssetCheckResult(check_name=gate.check, asset_key=stage.asset, passed=passed,
-                                   metadata={**metadata, "version": record["version"][:12]}, description=reason or None)
+            # every gate is evaluated for the record (a later run must not train on a model that failed any of them),
+            # a result reported for those selected
+            outcomes = {g.check: gate_outcome(g, recipe, record.get("metrics", {})) for g in stage.gates}
+            failed = {name: reason for name, (passed, _, reason) in outcomes.items() if not passed}
+            st.put_record(key, record["fingerprint"], {**record, "gate": {
+                "check": ", ".join(failed) or names, "passed": not failed, "reason": "; ".join(failed.values())}})
+            selected = {k.name for k in context.selected_asset_check_keys}
+            for name, (passed, metadata, reason) in outcomes.items():
+                if name not in selected:
+                    continue
+                if not passed:
+                    context.log.error(f"{stage.asset} [{recipe.name}] {name} failed: {reason}")
+                yield AssetCheckResult(check_name=name, asset_key=stage.asset, passed=passed,
+                                       metadata={**metadata, "version": record["version"][:12]}, description=reason or None)
 
         return check
 
-    return [gate_check(s) for s in STAGES.values() if s.gate]
+    return [gate_check(s) for s in STAGES.values() if s.gates]
 
 
 def build_fit_check(partitions: StaticPartitionsDefinition) -> AssetChecksDefinition:

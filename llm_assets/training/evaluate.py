@@ -98,9 +98,16 @@ def generate(model, tok, prompts, template: str, max_new_tokens: int, do_sample:
     return [o.strip() for o in out]
 
 
+def answer_of(reply: str) -> str:
+    """A reply without its closing punctuation (. ! ?) and surrounding space: how an answer ends is style, not the answer
+    (the demo's SFT data ends the same answer either way, and its preference data is about that ending)."""
+    return reply.strip().rstrip(".!?").rstrip()
+
+
 def exact_match(model, tok, rows: list[dict[str, Any]], template: str, max_new_tokens: int = 24) -> dict[str, Any]:
+    """Greedy replies that give exactly the expected answer (``answer_of`` both)."""
     preds = generate(model, tok, [r["prompt"] for r in rows], template, max_new_tokens)
-    hits = [p == r["completion"].strip() for p, r in zip(preds, rows)]
+    hits = [answer_of(p) == answer_of(r["completion"]) for p, r in zip(preds, rows)]
     samples = [{"prompt": r["prompt"][-1]["content"], "expected": r["completion"], "got": p} for p, r in list(zip(preds, rows))[:SAMPLES]]
     return {"exact_match": sum(hits) / max(len(hits), 1), "exact_match_n": len(hits), "samples": samples}
 

@@ -3,7 +3,9 @@ the SFT model (or the model ``reward.base`` names), trained with TRL's RewardTra
 
 Pairs are tokenized here (``tokens.preference_tokens``: prompts cut from the left, replies whole)
 and given to the trainer as token ids; TRL would otherwise silently drop every pair longer than
-max_length. Training and evaluation see the same encoding."""
+max_length. Training and evaluation see the same encoding. The training pairs come from the
+tokenization cache when the asset found an entry, and batches hold pairs of similar length
+(``group_by_length``): a batch is padded to its longest sequence, so mixed lengths waste compute."""
 
 from __future__ import annotations
 
@@ -31,14 +33,16 @@ from llm_assets.training.models import is_adapter, load_causal_lm, load_reward_m
 from llm_assets.training.report import LogCallback, Reporter
 from llm_assets.training.sft import load_for_training
 from llm_assets.training.spec import StageSpec
-from llm_assets.training.tokens import pairs_summary, preference_tokens, trainable_pairs, usable_pairs
+from llm_assets.training.tokens import cached_tokens, pair_tokens, pairs_summary, preference_tokens, trainable_pairs
 
 
-def pair_dataset(rows, tok, template: str, max_length: int, reporter: Reporter) -> tuple[Dataset, dict[str, int]]:
-    """Whole sequences (prompt + reply) per side, as RewardTrainer takes pre-tokenized pairs, and the fit counts."""
-    pairs, counts = usable_pairs(rows, tok, template, max_length)
+def pair_dataset(spec: StageSpec, rows, tok, template: str, max_length: int,
+                 reporter: Reporter) -> tuple[Dataset, dict[str, int], dict[str, Any]]:
+    """Whole sequences (prompt + reply) per side, as RewardTrainer takes pre-tokenized pairs, the fit counts and how the
+    pairs were tokenized (from the cache or here)."""
+    pairs, counts, tokenization = cached_tokens(spec, "left", lambda: pair_tokens(rows, tok, template, max_length), reporter)
     reporter.log(f"[reward] {pairs_summary(counts, max_length)}")
-    return as_sequences(pairs), counts
+    return as_sequences(pairs.to_list()), counts, tokenization
 
 
 def held_out_pairs(rows, tok, template: str, max_length: int) -> Dataset | None:
@@ -48,7 +52,9 @@ def held_out_pairs(rows, tok, template: str, max_length: int) -> Dataset | None:
 
 
 def as_sequences(pairs: list[dict[str, list[int]]]) -> Dataset:
-    return Dataset.from_list([{"chosen_ids": p["prompt_ids"] + p["chosen_ids"], "rejected_ids": p["prompt_ids"] + p["rejected_ids"]}
+    """``length``: the longer side, what the length-grouped sampler sorts on."""
+    return Dataset.from_list([{"chosen_ids": p["prompt_ids"] + p["chosen_ids"], "rejected_ids": p["prompt_ids"] + p["rejected_ids"],
+                               "length": len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"]))}
                               for p in pairs])
 
 
@@ -81,11 +87,13 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
         quantized_base = bool(getattr(model, "is_loaded_in_4bit", False))
         before = pairwise_accuracy(model, tok, held_out, template, recipe.data.max_length)
         reporter.log(f"[reward] {len(train)} pairs, {hw.why}; untrained head accuracy {before['reward_accuracy']:.1%}")
-        dataset, fit = pair_dataset(train, tok, template, recipe.data.max_length, reporter)
+        dataset, fit, tokenization = pair_dataset(spec, train, tok, template, recipe.data.max_length, reporter)
 
         eval_pairs = held_out_pairs(held_out, tok, template, recipe.data.max_length)
+        # remove_unused_columns=False: the sampler reads the length column (the collator takes only the token ids)
         args = RewardConfig(**trainer_args(group, spec, hw, evaluates=eval_pairs is not None, include_num_input_tokens_seen="no"),
-                            max_length=recipe.data.max_length)
+                            max_length=recipe.data.max_length, train_sampling_strategy="group_by_length",
+                            remove_unused_columns=False)
         callback = LogCallback(reporter, "reward")
         trainer = quiet(RewardTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_pairs, processing_class=tok,
                                       peft_config=lora_config(recipe, "SEQ_CLS") if recipe.sft.method != "full" else None, callbacks=[callback]))
@@ -105,7 +113,7 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
                "eval_pairs_left_out": after["pairs_left_out"], "eval_pairs_indistinguishable": after["indistinguishable_pairs"],
                "train_pairs": len(train), "train_pairs_used": len(dataset), "train_pairs_truncated": fit["truncated"],
                "train_pairs_left_out": fit["left_out"], "train_pairs_indistinguishable": fit["indistinguishable"],
-               "train_loss": result.training_loss, "steps": steps, "resumed_from": resume or "",
+               "train_loss": result.training_loss, "steps": steps, "resumed_from": resume or "", **tokenization,
                "quantized_base": quantized_base, "hardware": hw.as_dict(), "log_history": callback.history,
                "tracking": callback.tracking, "samples": scored_samples(trained, tok, held_out, template, recipe.data.max_length)}
     write_metrics(spec.output_dir, metrics)

@@ -1,12 +1,16 @@
 """Stage ``rlhf``: the SFT policy optimised against the reward model with a KL penalty to the SFT
 reference (TRL RLOOTrainer or GRPOTrainer), or DPO on the preference pairs as the offline option.
 
-Reported: mean reward of the SFT model's and the policy's replies on held-out prompts, the
-policy's win rate against SFT as judged by the reward model, and KL(policy || SFT).
+Reported on held-out prompts, for SFT and the policy: the reward model's mean reward of sampled replies,
+the policy's win rate against SFT as the reward model judges them, KL(policy || SFT), task exact match
+and, where the preference rows name the gold function they were labelled with (generated data: the
+demo's ``gold`` field), the gold win rate. DPO also reports its own measures on held-out pairs: how
+often its implicit reward prefers the chosen reply, and the mean margin. The rlhf gates read them.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from datasets import Dataset
@@ -26,7 +30,8 @@ from llm_assets.training.common import (
     write_metrics,
 )
 from llm_assets.training.data import load_rows, prompt_dataset
-from llm_assets.training.evaluate import SAMPLES, exact_match, generate, kl_to_reference, reward_scores
+from llm_assets.demo_gold import GOLD_FUNCTIONS
+from llm_assets.training.evaluate import SAMPLES, exact_match, generate, kl_to_reference, reply_logprobs, reward_scores
 from llm_assets.training.hardware import free_device_memory
 from llm_assets.training.models import is_adapter, load_causal_lm, load_reward_model, load_tokenizer, whole_model_dir
 from llm_assets.training.report import LogCallback, Reporter
@@ -48,29 +53,72 @@ class PretokenizedDPOTrainer(DPOTrainer):
         return dataset
 
 
-def judge(policy, reference, rm, tok, prompts, recipe) -> dict[str, float]:
-    """What RL optimises, expected reward of sampled replies, for the policy and the SFT reference
-    (same prompts, same sampling seed), the win rate of one against the other, KL on the policy's
-    samples, and for transparency the same rewards for greedy replies, the first of which are the samples shown."""
+def win_rate(ours: list[float], theirs: list[float]) -> float:
+    """How often ours scores above theirs, a tie counting half."""
+    return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(ours, theirs)) / max(len(ours), 1)
+
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / max(len(xs), 1)
+
+
+def judge(policy, reference, rm, tok, rows, recipe) -> dict[str, Any]:
+    """The policy against the SFT reference on held-out ``rows``: replies sampled from each (same prompts, same seed),
+    KL on the policy's; the reward model's mean reward and win rate (what RL optimises) when there is one, with the
+    same for greedy replies, the first of which are the samples shown; the gold win rate where the rows name one."""
     g = recipe.rlhf
     t, L = recipe.data.chat_template, recipe.data.max_length
-
-    def rewards(model, sample: bool) -> tuple[list[str], list[float]]:
-        replies = generate(model, tok, prompts, t, g.max_new_tokens, do_sample=sample, temperature=g.temperature)
-        return replies, reward_scores(rm, tok, prompts, replies, t, L)
-
-    pol_samples, pol_r = rewards(policy, True)
-    _, ref_r = rewards(reference, True)
-    pol_replies, pol_greedy = rewards(policy, False)
-    ref_replies, ref_greedy = rewards(reference, False)
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(pol_r, ref_r))
+    prompts = [r["prompt"] for r in rows]
+    pol_samples = generate(policy, tok, prompts, t, g.max_new_tokens, do_sample=True, temperature=g.temperature)
+    ref_samples = generate(reference, tok, prompts, t, g.max_new_tokens, do_sample=True, temperature=g.temperature)
+    out = {"kl_to_sft": kl_to_reference(policy, reference, tok, prompts, pol_samples, t, L),
+           **gold_measures(rows, pol_samples, ref_samples)}
+    if rm is None:
+        return out
+    pol_r, ref_r = reward_scores(rm, tok, prompts, pol_samples, t, L), reward_scores(rm, tok, prompts, ref_samples, t, L)
+    pol_replies = generate(policy, tok, prompts, t, g.max_new_tokens)
+    ref_replies = generate(reference, tok, prompts, t, g.max_new_tokens)
+    pol_greedy, ref_greedy = reward_scores(rm, tok, prompts, pol_replies, t, L), reward_scores(rm, tok, prompts, ref_replies, t, L)
     samples = [{"prompt": p[-1]["content"] if isinstance(p, list) else p, "sft_reply": a, "sft_reward": ra,
                 "policy_reply": b, "policy_reward": rb}
                for p, a, ra, b, rb in list(zip(prompts, ref_replies, ref_greedy, pol_replies, pol_greedy))[:SAMPLES]]
-    return {"sft_mean_reward": mean(ref_r), "mean_reward": mean(pol_r), "win_rate_vs_sft": wins / len(prompts),
-            "sft_greedy_mean_reward": mean(ref_greedy), "greedy_mean_reward": mean(pol_greedy),
-            "kl_to_sft": kl_to_reference(policy, reference, tok, prompts, pol_samples, t, L), "samples": samples}
+    return {**out, "sft_mean_reward": mean(ref_r), "mean_reward": mean(pol_r), "win_rate_vs_sft": win_rate(pol_r, ref_r),
+            "sft_greedy_mean_reward": mean(ref_greedy), "greedy_mean_reward": mean(pol_greedy), "samples": samples}
+
+
+def gold_measures(rows, policy_replies: list[str], sft_replies: list[str]) -> dict[str, Any]:
+    """The gold win rate of the policy's replies against SFT's and both mean gold scores, on the rows whose ``meta``
+    names the gold preference function they were labelled with (``demo_gold.GOLD_FUNCTIONS``); nothing when none does
+    (real data has no gold function)."""
+    ours, theirs = [], []
+    for row, a, b in zip(rows, policy_replies, sft_replies):
+        meta = row.get("meta") or {}
+        score = GOLD_FUNCTIONS.get((json.loads(meta) if isinstance(meta, str) else meta).get("gold"))
+        prompt = row["prompt"][-1]["content"]
+        if score is not None and score(prompt, a) is not None:
+            ours.append(score(prompt, a))
+            theirs.append(score(prompt, b))
+    if not ours:
+        return {}
+    return {"gold_win_rate_vs_sft": win_rate(ours, theirs), "gold_score": mean(ours), "sft_gold_score": mean(theirs),
+            "gold_prompts": len(ours)}
+
+
+def dpo_measures(policy, reference, tok, rows, recipe) -> dict[str, Any]:
+    """DPO's own measures on held-out pairs: its implicit reward beta * (log pi(y|x) - log pi_SFT(y|x)) of each reply,
+    how often it ranks the chosen reply above the rejected one (a tie counts half) and the mean margin."""
+    t, L, beta = recipe.data.chat_template, recipe.data.max_length, recipe.rlhf.beta
+    prompts = [r["prompt"] for r in rows]
+
+    def implicit(field: str) -> list[float]:
+        replies = [r[field] for r in rows]
+        pol = reply_logprobs(policy, tok, prompts, replies, t, L)
+        ref = reply_logprobs(reference, tok, prompts, replies, t, L)
+        return [beta * float(p.sum() - q.sum()) for p, q in zip(pol, ref)]
+
+    chosen, rejected = implicit("chosen"), implicit("rejected")
+    return {"preference_accuracy": win_rate(chosen, rejected), "reward_margin": mean([c - r for c, r in zip(chosen, rejected)]),
+            "preference_pairs": len(rows)}
 
 
 def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
@@ -126,10 +174,17 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
                                "train_prompts": len(train), "resumed_from": resume or "", "quantized_base": quantized_base, "hardware": hw.as_dict(),
                                "log_history": callback.history, "tracking": callback.tracking,
                                **{f"train_pairs_{k}": n for k, n in fit.items()}}
+    metrics.update(judge(final, reference, reward_model(reward, recipe, hw, tok) if reward else None, tok, held_out, recipe))
     if reward is not None:
-        metrics.update(judge(final, reference, reward_model(reward, recipe, hw, tok), tok, [r["prompt"] for r in held_out], recipe))
         reporter.log(f"[rlhf] mean reward {metrics['sft_mean_reward']:.3f} (SFT) -> {metrics['mean_reward']:.3f}, "
-                     f"win rate {metrics['win_rate_vs_sft']:.1%}, KL {metrics['kl_to_sft']:.3f}")
+                     f"win rate {metrics['win_rate_vs_sft']:.1%}")
+    if g.algorithm == "dpo":
+        metrics.update(dpo_measures(final, reference, tok, held_out, recipe))
+        reporter.log(f"[rlhf] DPO preference accuracy {metrics['preference_accuracy']:.1%} on {len(held_out)} held-out pairs, "
+                     f"reward margin {metrics['reward_margin']:.3f}")
+    reporter.log(f"[rlhf] KL to SFT {metrics['kl_to_sft']:.3f}" + (
+        f", gold win rate {metrics['gold_win_rate_vs_sft']:.1%} (gold score {metrics['sft_gold_score']:.2f} SFT -> "
+        f"{metrics['gold_score']:.2f})" if "gold_win_rate_vs_sft" in metrics else ""))
     if sft_eval:
         metrics["parent_exact_match"] = exact_match(reference, tok, sft_eval, template)["exact_match"]
         metrics["exact_match"] = exact_match(final, tok, sft_eval, template)["exact_match"]

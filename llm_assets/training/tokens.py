@@ -1,5 +1,6 @@
 """Prompt + reply -> token ids, the one encoding training, evaluation and the fit report use, and the
-SFT token table the tokenization cache stores (see ``llm_assets.tokens_cache``).
+token tables the tokenization cache stores (see ``llm_assets.tokens_cache``): SFT examples, CPT
+documents and the reward model's preference pairs.
 
 An example longer than ``data.max_length`` is never cut on the right: that would cut the reply,
 the only part that is learned or scored (and make a preference pair's chosen and rejected the same
@@ -11,6 +12,7 @@ room for a single prompt token is left out in every mode.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ from llm_assets.training.data import plain
 
 FIT, TRUNCATED, LEFT_OUT = "fit", "truncated", "left_out"
 FIT_METADATA = "llm_assets.fit"  # table metadata: the counts and the truncation mode the table was made with
+WHOLE = "whole"  # CPT documents are stored whole: the trainer packs them (or cuts them) to max_length itself
+PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 
 
 def prompt_text(tok, prompt: list[dict[str, str]], template: str) -> str:
@@ -174,3 +178,39 @@ def usable_pairs(rows: list[dict[str, Any]], tok, template: str, max_length: int
         raise ValueError(f"no preference pair fits data.max_length={max_length} with both replies whole "
                          f"({counts[LEFT_OUT]} too long, {counts['indistinguishable']} with identical replies): raise data.max_length")
     return usable, counts
+
+
+def text_tokens(rows: list[dict[str, Any]], tok) -> tuple[pa.Table, dict[str, int]]:
+    """Each pre-training document's token ids exactly as TRL's SFTTrainer makes them for language modelling (the text
+    with EOS appended unless it ends with it, the tokenizer's special tokens added), in one batched call."""
+    eos = tok.eos_token
+    ids = tok([r["text"] if r["text"].endswith(eos) else r["text"] + eos for r in rows])["input_ids"]
+    counts = {"documents": len(ids)}
+    table = pa.table({"input_ids": pa.array(ids, pa.list_(pa.int32()))},
+                     metadata={FIT_METADATA: json.dumps({**counts, "truncation": WHOLE})})
+    return table, counts
+
+
+def pair_tokens(rows: list[dict[str, Any]], tok, template: str, max_length: int) -> tuple[pa.Table, dict[str, int]]:
+    """The pairs a reward model trains on (``usable_pairs``) as a table, with their fit counts."""
+    pairs, counts = usable_pairs(rows, tok, template, max_length)
+    table = pa.table({k: pa.array([p[k] for p in pairs], pa.list_(pa.int32())) for k in PAIR_COLUMNS},
+                     metadata={FIT_METADATA: json.dumps({**counts, "truncation": "left"})})  # pairs always keep both replies
+    return table, counts
+
+
+def cached_tokens(spec, truncation: str, encode, reporter) -> tuple[Dataset, dict[str, int], dict[str, Any]]:
+    """A stage's training rows as token ids, from the tokenization cache entry the asset found when it was made under
+    ``truncation``, else ``encode()`` (a table and its counts), written where the worker commits it to the cache.
+    Returns the rows, their counts, and how they were obtained (``tokenization``, ``tokenize_seconds``) for the metrics."""
+    cached = read_tokens(spec.inputs["tokens"], truncation) if "tokens" in spec.inputs else None
+    if cached:
+        reporter.log(f"[{spec.stage}] tokenization cache hit: {len(cached[0])} rows")
+        return *cached, {"tokenization": "cache hit", "tokenize_seconds": 0.0}
+    t0 = time.perf_counter()
+    table, counts = encode()
+    if "tokens_out" in spec.options:
+        write_tokens(table, Path(spec.options["tokens_out"]))
+    seconds = time.perf_counter() - t0
+    reporter.log(f"[{spec.stage}] tokenized {table.num_rows} rows in {seconds:.1f} s")
+    return Dataset(table.replace_schema_metadata(None)), counts, {"tokenization": "computed", "tokenize_seconds": round(seconds, 2)}
