@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from dagster import EnvVar
 from dagster_aws.s3 import S3Resource
 
 from llm_assets.launch.from_env import launch_config_from_env
@@ -24,5 +25,7 @@ def default_resources() -> dict[str, object]:
         "store": ArtifactStore(root=default_store_root(), s3=s3),
         "landing": LandingZone(root=default_landing_root(), s3=s3),
         "launcher": TrainingLauncher(kind=launch.kind, k8s=launch.k8s, ecs=launch.ecs),
-        "hub": HubClient(token=os.environ.get("HF_TOKEN") or None, cache_dir=os.environ.get("HF_HUB_CACHE") or None),
+        # EnvVar: run and job snapshots store the variable's name, the value is read when the resource is used
+        "hub": HubClient(token=EnvVar("HF_TOKEN") if os.environ.get("HF_TOKEN") else None,
+                         cache_dir=os.environ.get("HF_HUB_CACHE") or None),
     }

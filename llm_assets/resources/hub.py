@@ -36,7 +36,7 @@ class HubError(RuntimeError):
 
 
 class HubClient(ConfigurableResource):
-    token: str | None = Field(None, description="Hub token (set from the HF_TOKEN environment variable).")
+    token: str | None = Field(None, description="Hub token: give it as EnvVar(\"HF_TOKEN\"), so only the variable's name is stored.")
     cache_dir: str | None = Field(None, description="Hub cache (default: HF_HUB_CACHE / ~/.cache/huggingface/hub).")
     offline: bool = Field(False, description="Resolve from the cache only (also when HF_HUB_OFFLINE=1).")
     timeout_s: float = Field(10.0, description="Per-request timeout, so an unreachable or stalled Hub fails fast.")
