@@ -13,7 +13,7 @@ from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, defi
 
 from llm_assets.demo import register_drops
 from llm_assets.demo_data import write_demo_drops
-from llm_assets.evaluation import harness
+from llm_assets.evaluation import gates, harness
 from llm_assets.recipes import parse_recipe
 from llm_assets.resources import default_resources
 from llm_assets.stages import MODEL_ASSETS
@@ -92,11 +92,12 @@ def test_lm_eval_on_generated_tasks_gives_the_projects_exact_match_row_for_row(m
 
 @pytest.fixture
 def graph(project_env, monkeypatch):
-    """Demo drops landed and validated, a micro recipe without cpt, reward and rlhf (the released model is the quantized
-    SFT model), and a job over the model stages and the evaluation."""
+    """Demo drops landed and validated, a micro recipe that trains only SFT (every later stage passes it through, so the
+    released model is the SFT model: test_release's end-to-end run evaluates a quantized one), and a job over the model
+    stages and the evaluation."""
     recipes = project_env / "recipes"
     # replies longer than 4 tokens (the demo's reversals) are scored by log-likelihood, the rest by exact match
-    write_recipe(recipes, cpt=None, reward=None, rlhf=None, evaluation={"limit": 8, "max_new_tokens": 4})
+    write_recipe(recipes, cpt=None, reward=None, rlhf=None, quantization=None, evaluation={"limit": 8, "max_new_tokens": 4})
     monkeypatch.setenv("LLM_ASSETS_RECIPES_DIR", str(recipes))
     write_demo_drops(project_env / "data" / "landing", scale=0.1)
     from llm_assets.definitions import build_definitions
@@ -125,6 +126,7 @@ def test_evaluation_asset_shows_the_table_and_gates_the_release(graph):
     assert {name: passed for name, (passed, _) in checks.items()} == {
         "released_not_worse_than_base": True, "quantized_within_bound": True, "no_regression_vs_published": True}
     assert checks["no_regression_vs_published"][1] == "nothing published yet"
+    assert checks["quantized_within_bound"][1] == "recipe 'tiny' has no quantization group: the released model is the policy itself"
 
     store = default_resources()["store"].open()
     record = store.record("models/evaluation/tiny")
@@ -142,6 +144,7 @@ def test_evaluation_asset_shows_the_table_and_gates_the_release(graph):
     table = mat.metadata["results"].value
     assert "| task | metric | rows from | base | sft | policy | released |" in table and f"| {task} | exact_match (↑) |" in table
     assert " ± " in table  # lm-eval's standard error beside each figure
+    assert "policy " in table and "(= sft)" in table  # a passed-through stage is its parent's version, evaluated once
     assert (store.get("models/evaluation/tiny").path / "results.json").exists()
 
     # a published version that scored higher than the released one by more than the tolerance: the gate must fail,
@@ -170,3 +173,25 @@ def test_standard_tasks_that_cannot_run_offline_fail_at_once_naming_the_task_and
     assert message.startswith("evaluation.tasks: lm-eval task 'lambada_openai' needs the dataset EleutherAI/lambada_openai, "
                               "which is not in the local Hugging Face datasets cache") and "\n" not in message
     assert time.monotonic() - started < 90  # no network wait
+
+
+def test_gates_compare_each_task_in_its_own_direction_against_the_recipes_tolerance(tmp_path):
+    recipe = parse_recipe(write_recipe(tmp_path / "recipes", evaluation={"quantized_tolerance": 0.05}))
+    figure = lambda v: {"metric": "m", "value": v, "stderr": None, "n": 10}  # noqa: E731
+    metrics = {"models": {"policy": {"version": "p"}, "released": {"version": "q"}},
+               "tasks": {"em": {"kind": "generate_until", "source": "sft/a", "metric": "exact_match", "higher_is_better": True},
+                         "bpb": {"kind": "loglikelihood_rolling", "source": "pretraining/b", "metric": "bits_per_byte",
+                                 "higher_is_better": False}},
+               "results": {"em": {"base": figure(0.50), "policy": figure(0.60), "released": figure(0.58)},
+                           "bpb": {"base": figure(3.0), "policy": figure(2.00), "released": figure(2.10)}}}
+    assert gates.released_not_worse_than_base(metrics, recipe).passed  # better than base on both (bpb: lower is better)
+    quantized = gates.quantized_within_bound(metrics, recipe)
+    assert not quantized.passed and quantized.compared["em"]["worse_by"] == pytest.approx(0.02)
+    assert quantized.reason == ("bpb: released bits_per_byte 2.1 vs policy 2 (lower is better) is 0.1 worse, beyond "
+                                "evaluation.quantized_tolerance 0.05: use quantization.bits 8, or raise "
+                                "evaluation.quantized_tolerance")
+    same = {**metrics, "models": {"policy": {"version": "p"}, "released": {"version": "p"}}}
+    assert gates.quantized_within_bound(same, recipe).passed  # the released model is the policy: nothing quantized
+    published = {"version": "v" * 64, "results": {"em": {"released": figure(0.59)}, "gone": {"released": figure(1.0)}}}
+    regression = gates.no_regression_vs_published(metrics, recipe, published)
+    assert regression.passed and list(regression.compared) == ["em"]  # only tasks both were evaluated on
