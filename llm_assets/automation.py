@@ -53,7 +53,7 @@ from llm_assets.resources.launcher import TrainingLauncher
 DATASETS = AssetSelection.assets(*(f"{kind}_dataset" for kind in KINDS))
 
 
-def input_changed() -> AC:
+def input_changed(elsewhere: AssetSelection = DATASETS) -> AC:
     """A dependency partition whose data version changed in another run with none of its blocking checks failed, or one
     requested now in the same run. Data versions are content hashes, so re-materializing unchanged data (a manual click, a
     model that reused its version) changes nothing downstream."""
@@ -62,15 +62,17 @@ def input_changed() -> AC:
             AC.data_version_changed() & ~AC.executed_with_root_target()
             & ~AC.any_checks_match(AC.check_failed(), blocking_only=True)
         ).with_label("new data version, blocking checks passed")
-        | AC.any_deps_match(AC.will_be_requested()).ignore(DATASETS).with_label("requested in the same run")
+        | AC.any_deps_match(AC.will_be_requested()).ignore(elsewhere).with_label("requested in the same run")
     ).with_label("an input changed")
 
 
-def on_change() -> AC:
+def on_change(elsewhere: AssetSelection = DATASETS) -> AC:
+    """``elsewhere``: the dependencies of another partitions definition (the datasets, for a model), which never share a
+    run with the asset: it waits for their runs instead of starting beside them."""
     return (
-        (input_changed() | AC.code_version_changed()).since_last_handled()
+        (input_changed(elsewhere) | AC.code_version_changed()).since_last_handled()
         & AC.all_deps_match(~AC.missing() | AC.will_be_requested()).with_label("every input has data")
-        & ~AC.any_deps_match(AC.will_be_requested()).allow(DATASETS).with_label("no dataset requested now (its run goes first)")
+        & ~AC.any_deps_match(AC.will_be_requested()).allow(elsewhere).with_label("no input from another run requested now (its run goes first)")
         & ~AC.any_deps_in_progress()
         & ~AC.in_progress()
     ).with_label("on_change")

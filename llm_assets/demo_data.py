@@ -145,6 +145,12 @@ def corpus_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
+def inference_rows(n: int, seed: int) -> list[dict]:
+    """Prompts for batch predictions: demo-task questions, each with its expected answer (kept in the dataset's meta,
+    so replies can be checked by eye)."""
+    return [{"prompt": p, "expected": answer(op, w)} for op, p, w in examples(n, random.Random(seed))]
+
+
 def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r) + "\n" for r in rows)
 
@@ -170,6 +176,7 @@ def write_demo_drops(landing: Path, seed: int = 0, scale: float = 1.0) -> list[P
         landing / "sft" / "demo_word_tasks_chat.jsonl": _jsonl(chat_rows(n(400), seed + 1)),
         landing / "preference" / "demo_preferences.jsonl": _jsonl(preference_rows(n(3000), seed + 2)),
         landing / "pretraining" / "demo_corpus.jsonl": _jsonl(corpus_rows(n(1000), seed + 3)),
+        landing / "inference" / "demo_prompts.jsonl": _jsonl(inference_rows(40, seed + 4)),
     }
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)

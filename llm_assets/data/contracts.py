@@ -73,7 +73,9 @@ def source_schema(fmt: Format, max_chars: int) -> pa.DataFrameSchema:
     columns.update({c: _optional_string_column() for c in fmt.optional})
     if fmt.name == "chat":
         columns["messages"] = _messages_column(max_chars, "valid_messages")
-    if fmt.name == "preference":  # prompt may be a string or a message list
+    if fmt.name == "chat_prompts":
+        columns["messages"] = _messages_column(max_chars, "valid_prompt")
+    if fmt.name in ("preference", "prompts"):  # prompt may be a string or a message list
         columns["prompt"] = pa.Column(None, nullable=False, checks=[pa.Check(
             lambda v: (isinstance(v, str) and bool(v.strip()) and len(v) <= max_chars)
             or (isinstance(v, list) and check_messages(v, final_role="user") is None),
@@ -110,6 +112,9 @@ def row_failures(schema: pa.DataFrameSchema, df: pd.DataFrame) -> dict[Any, list
             text = f"has {len(case.failure_case):,} characters, more than the limit (DatasetConfig.max_chars)" if isinstance(case.failure_case, str) else text
         if check in MESSAGE_CHECKS and isinstance(case.failure_case, list):
             text = _message_failure(check, case.failure_case) or text
+        if check == "valid_prompt" and isinstance(case.failure_case, str):  # a prompt given as text
+            text = "is empty or only whitespace" if not case.failure_case.strip() else \
+                f"has {len(case.failure_case):,} characters, more than the limit (DatasetConfig.max_chars)"
         if case.index is None or pd.isna(case.index):
             table_level.append(f"column '{case.column}': {case.check} ({case.failure_case})")
             continue

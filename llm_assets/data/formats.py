@@ -5,6 +5,7 @@ Canonical rows (what every dataset asset stores):
 * sft:         ``prompt`` (list of ``{role, content}`` messages), ``completion`` (the assistant reply)
 * preference:  ``prompt`` (messages), ``chosen``, ``rejected`` (assistant replies)
 * pretraining: ``text``
+* inference:   ``prompt`` (messages ending with the user turn to reply to): a request, never trained on
 
 Source fields that a format does not use are kept in ``meta`` (JSON), never dropped.
 """
@@ -155,6 +156,19 @@ def _map_text(r: dict[str, Any]) -> dict[str, Any]:
     return {"text": r["text"]}
 
 
+def _messages_only(msgs: list[dict[str, Any]]) -> list[dict[str, str]]:
+    return [{"role": m["role"], "content": m["content"]} for m in msgs]
+
+
+def _map_prompts(r: dict[str, Any]) -> dict[str, Any]:
+    prompt = r["prompt"]
+    return {"prompt": user(prompt) if isinstance(prompt, str) else _messages_only(prompt)}
+
+
+def _map_chat_prompts(r: dict[str, Any]) -> dict[str, Any]:
+    return {"prompt": _messages_only(r["messages"])}
+
+
 @dataclass(frozen=True)
 class Format:
     name: str
@@ -180,10 +194,14 @@ FORMATS: dict[str, Format] = {
         Format("preference", "preference", ("prompt", "chosen", "rejected"), (), ("prompt", "chosen", "rejected"), _map_preference, "prompt / chosen / rejected"),
         Format("hh_rlhf", "preference", ("chosen", "rejected"), (), ("chosen", "rejected"), _map_hh_rlhf, "HH-RLHF: chosen / rejected dialogues with '\\n\\nHuman:' / '\\n\\nAssistant:' turns"),
         Format("text", "pretraining", ("text",), (), ("text",), _map_text, "text"),
+        Format("prompts", "inference", ("prompt",), (), ("prompt",), _map_prompts, "prompt: text, or messages ending with a user turn"),
+        Format("chat_prompts", "inference", ("messages",), (), (), _map_chat_prompts,
+               "chat: messages = [{role, content}, ...] ending with the user turn to reply to"),
     ]
 }
 
-CANONICAL = {"sft": ("prompt", "completion"), "preference": ("prompt", "chosen", "rejected"), "pretraining": ("text",)}
+CANONICAL = {"sft": ("prompt", "completion"), "preference": ("prompt", "chosen", "rejected"), "pretraining": ("text",),
+             "inference": ("prompt",)}
 
 
 def formats_for(kind: str) -> list[Format]:

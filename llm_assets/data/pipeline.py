@@ -135,8 +135,21 @@ def _contract_failures(kind: str, candidates: list[dict[str, Any]]) -> dict[int,
     return out
 
 
+def _every_request(candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Inference rows: each is a request that gets its own reply (sampled replies to one prompt differ), so a repeated
+    prompt is kept, never de-duplicated away; its identity is its row number and its content. A prompt file is never
+    trained on: every row is held out ("eval")."""
+    def identity(row: dict[str, Any]) -> str:
+        body = {"source_row": row["source_row"], "prompt": row["prompt"]}
+        return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+    return [{**row, "row_hash": identity(row), "split": "eval"} for row in candidates]
+
+
 def _deduplicate(kind: str, candidates: list[dict[str, Any]], eval_fraction: float) -> tuple[list[dict[str, Any]], list[dict[str, int]]]:
     """Keep the first occurrence of each content; later exact copies name the row they repeat."""
+    if kind == "inference":
+        return _every_request(candidates), []
     kept, duplicates, first_row_of = [], [], {}
     for row in candidates:
         h = content_hash(row, kind)

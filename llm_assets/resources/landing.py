@@ -1,4 +1,5 @@
-"""The landing zone: ``<root>/{sft,preference,pretraining}/<file>``, each file one data drop.
+"""The landing zone: ``<root>/{sft,preference,pretraining,inference}/<file>``, each file one data drop (``inference``:
+prompts for batch_predictions).
 
 A drop's partition key is derived from its file name alone, so the same file always maps to
 the same partition, and names that could escape the directory or break a UI are refused.
@@ -24,7 +25,7 @@ from dagster_aws.s3 import S3Resource
 
 from llm_assets.objects import Objects, open_objects
 
-KINDS = ("sft", "preference", "pretraining")
+KINDS = ("sft", "preference", "pretraining", "inference")
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 SIDECAR_SUFFIX = ".mapping.yaml"  # "<file>.mapping.yaml" overrides the detected format of "<file>"
 IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".uploading", "~")

@@ -6,6 +6,8 @@ vocabulary would otherwise need tens of GB for one batch of full-length rows."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -77,25 +79,50 @@ def text_loss(model, tok, texts: list[str], max_length: int, batch_size: int = 1
     return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50)), "eval_tokens": n}
 
 
+@dataclass(frozen=True)
+class Reply:
+    """One generated reply and its cost in tokens; ``finish_reason`` is "stop" (it ended with EOS) or "length" (it reached
+    max_new_tokens)."""
+
+    text: str
+    prompt_tokens: int
+    reply_tokens: int
+    finish_reason: str
+
+
 @torch.no_grad()
-def generate(model, tok, prompts, template: str, max_new_tokens: int, do_sample: bool = False,
-             temperature: float = 1.0, batch_size: int = 32, seed: int = 0) -> list[str]:
-    """Replies to ``prompts``, a batch at a time: left-padded (so every row's reply starts at the same column) and
-    decoded with the KV cache."""
+def reply_batches(model, tok, prompts, template: str, max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0,
+                  top_p: float | None = None, top_k: int | None = None, batch_size: int = 32, seed: int = 0) -> Iterator[list[Reply]]:
+    """Replies to ``prompts``, a batch at a time (a generator, so a caller can time each batch): left-padded (so every
+    row's reply starts at the same column) and decoded with the KV cache. ``top_p``/``top_k`` apply when sampling; None
+    leaves the model's generation defaults."""
     model.eval()
     torch.manual_seed(seed)
     side, tok.padding_side = tok.padding_side, "left"
-    out = []
     try:
         for batch in _batches(list(prompts), batch_size):
             enc = tok([prompt_text(tok, p, template) for p in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature if do_sample else None,
-                                 top_p=None, top_k=None, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                                 use_cache=True)
-            out += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                                 top_p=top_p if do_sample else None, top_k=top_k if do_sample else None,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, use_cache=True)
+            new = gen[:, enc["input_ids"].shape[1]:].cpu()
+            texts = tok.batch_decode(new, skip_special_tokens=True)
+            yield [Reply(text, int(mask.sum()), *_reply_length(ids.tolist(), tok.eos_token_id))
+                   for text, ids, mask in zip(texts, new, enc["attention_mask"])]
     finally:
         tok.padding_side = side
-    return [o.strip() for o in out]
+
+
+def _reply_length(ids: list[int], eos_id: int) -> tuple[int, str]:
+    """Tokens generated up to and including EOS (padding after it is not the reply's), and why generation stopped."""
+    return (ids.index(eos_id) + 1, "stop") if eos_id in ids else (len(ids), "length")
+
+
+def generate(model, tok, prompts, template: str, max_new_tokens: int, do_sample: bool = False,
+             temperature: float = 1.0, batch_size: int = 32, seed: int = 0) -> list[str]:
+    """The text of each reply to ``prompts`` (see ``reply_batches``), stripped."""
+    return [r.text.strip() for batch in reply_batches(model, tok, prompts, template, max_new_tokens, do_sample, temperature,
+                                                      batch_size=batch_size, seed=seed) for r in batch]
 
 
 def answer_of(reply: str) -> str:
