@@ -53,7 +53,7 @@ def materialize_data(defs, instance: DagsterInstance, drops: dict[str, list[str]
 
 
 def materialize_models(defs, instance: DagsterInstance, recipe: str) -> tuple[bool, str]:
-    from llm_assets.assets.reports import collect
+    from llm_assets.assets.reports import collect, release_markdown
     from llm_assets.report_table import report_markdown
     from llm_assets.resources import default_resources
 
@@ -63,9 +63,32 @@ def materialize_models(defs, instance: DagsterInstance, recipe: str) -> tuple[bo
     if not result.success:
         errors = [e.step_failure_data.error.message.strip() for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
         return False, f"full_pipeline_job failed for recipe {recipe!r}: " + " | ".join(errors + failed)
-    metrics, passthrough = collect(default_resources()["store"].open(), recipe)
-    table = report_markdown(recipe, metrics, passthrough)
+    st = default_resources()["store"].open()
+    metrics, passthrough = collect(st, recipe)
+    table = report_markdown(recipe, metrics, passthrough) + "\n\n" + release_markdown(st, recipe)
     return not failed, f"{table}\n\nwhole graph for recipe {recipe!r}: {time.time() - t0:.0f} s" + (f"; FAILED checks: {failed}" if failed else "")
+
+
+def materialize_predictions(defs, instance: DagsterInstance, drop: str, recipe: str) -> tuple[bool, str]:
+    """batch_predictions for one inference drop and the recipe: its throughput and first replies."""
+    from dagster import MultiPartitionKey
+
+    from llm_assets.assets.predictions import predictions_key
+
+    t0 = time.time()
+    result = defs.resolve_job_def("batch_predictions_job").execute_in_process(
+        partition_key=MultiPartitionKey({"drop": drop, "recipe": recipe}), instance=instance, raise_on_error=False)
+    if not result.success:
+        errors = [e.step_failure_data.error.message.strip() for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        return False, f"batch_predictions failed for {drop} x {recipe}: " + " | ".join(errors)
+    from llm_assets.resources import default_resources
+
+    record = default_resources()["store"].open().record(predictions_key(recipe, drop)) or {}
+    m = record.get("metrics", {})
+    figures = ", ".join(f"{k} {m[k]:,.4g}" for k in ("rows", "tokens_per_s", "rows_per_s", "latency_p50_ms", "latency_p95_ms") if k in m)
+    samples = [[s.get("row"), s.get("prompt"), s.get("reply")] for s in m.get("samples", [])]
+    return True, (f"Batch predictions {drop} x {recipe}: {figures} ({time.time() - t0:.0f} s)\n\n"
+                  + markdown_table(["row", "prompt", "reply"], samples))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,10 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     data_ok = all(r[7] == "ok" for r in rows if str(r[1]).startswith("demo_"))
     if args.recipe == "none":
         return 0 if data_ok else 1
-    print(f"\nTraining recipe {args.recipe!r} (base -> cpt -> sft -> reward -> rlhf -> quantized -> report) ...", flush=True)
+    print(f"\nTraining recipe {args.recipe!r} (base -> cpt -> sft -> reward -> rlhf -> quantized -> evaluation -> released -> report) ...", flush=True)
     models_ok, text = materialize_models(defs, instance, args.recipe)
     print("\n" + text)
-    return 0 if data_ok and models_ok else 1
+    predictions_ok = True
+    for drop in drops.get("inference", []):
+        ok, text = materialize_predictions(defs, instance, drop, args.recipe)
+        predictions_ok &= ok
+        print("\n" + text)
+    return 0 if data_ok and models_ok and predictions_ok else 1
 
 
 if __name__ == "__main__":

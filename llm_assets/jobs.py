@@ -3,7 +3,7 @@
 A Dagster job has one partitions definition, so data preparation is one job per drop kind
 (``<kind>_data_prep_job``, partitioned by that kind's drops) and training is partitioned by
 recipe. The automation sensor chains them; ``full_pipeline_job`` is the whole recipe-side graph
-in one run (recipe observation, every model stage, the report) on the data validated so far.
+in one run (recipe observation, every model stage, evaluation, the released model, the report) on the data validated so far.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ data_jobs = {
 def build_jobs(recipes: StaticPartitionsDefinition) -> list:
     training = define_asset_job("training_job", selection=AssetSelection.assets(*MODEL_ASSETS), partitions_def=recipes,
                                 description="Train and quantize one recipe on every validated drop: base -> cpt -> sft -> reward -> rlhf -> quantized.")
-    full = define_asset_job("full_pipeline_job", selection=AssetSelection.assets("recipe", *MODEL_ASSETS, "model_report"),
-                            partitions_def=recipes, description="Observe the recipe, train every stage and write the report, in one run.")
+    full = define_asset_job("full_pipeline_job",
+                            selection=AssetSelection.assets("recipe", *MODEL_ASSETS, "evaluation", "released_model", "model_report"),
+                            partitions_def=recipes, description="Observe the recipe, train every stage, evaluate, card the "
+                            "released model and write the report, in one run (publishing waits for a person's approval).")
     return [*data_jobs.values(), training, full]

@@ -11,7 +11,8 @@ from llm_assets.jobs import MODEL_ASSETS
 from llm_assets_tests.helpers import write_recipe
 from llm_assets_tests.runless import DATA_VERSION, land
 
-MODELS = [*MODEL_ASSETS, "model_report"]
+RELEASE = ["evaluation", "released_model"]  # published_model waits for a person's approval: never automated
+MODELS = [*MODEL_ASSETS, *RELEASE, "model_report"]
 DROPS = {"pretraining": "p1", "sft": "s1", "preference": "r1"}
 
 
@@ -95,7 +96,7 @@ def test_a_new_drop_retrains_every_recipe_once(world):
 
 def test_a_new_preference_drop_retrains_from_the_reward_model_down(world):
     world.land("preference", "r2")
-    stale = ["base_model", "cpt_model", "sft_model", "reward_model", "rlhf_policy", "quantized_model", "model_report"]
+    stale = ["base_model", "cpt_model", "sft_model", "reward_model", "rlhf_policy", "quantized_model", *RELEASE, "model_report"]
     assert world.tick() == models_of("a", "b", assets=stale)
 
 
@@ -108,7 +109,7 @@ def test_a_model_that_reused_its_version_retrains_nothing_downstream(world):
     world.trained(["a"], assets=["sft_model"], same_versions=True)
     assert world.tick() == set()
     world.trained(["a"], assets=["sft_model"])  # a new version: everything downstream of it, for that recipe only
-    assert world.tick() == models_of("a", assets=["reward_model", "rlhf_policy", "quantized_model", "model_report"])
+    assert world.tick() == models_of("a", assets=["reward_model", "rlhf_policy", "quantized_model", *RELEASE, "model_report"])
 
 
 def test_a_drop_failing_its_blocking_check_propagates_nothing(world):
@@ -132,7 +133,7 @@ def test_a_code_version_bump_reruns_that_asset_and_its_downstream_only(world):
 
     assets = [a.map_asset_specs(bump) if isinstance(a, AssetsDefinition) else a for a in world.defs.assets]
     bumped = Definitions(assets=assets, resources=world.defs.resources)
-    assert world.tick(bumped) == models_of("a", "b", assets=["sft_model", "reward_model", "rlhf_policy", "quantized_model", "model_report"])
+    assert world.tick(bumped) == models_of("a", "b", assets=["sft_model", "reward_model", "rlhf_policy", "quantized_model", *RELEASE, "model_report"])
     assert world.tick(bumped) == set()
 
 
@@ -151,12 +152,13 @@ def test_models_wait_until_every_input_has_data(project_env, monkeypatch):
     assert not any(a.endswith("_dataset") for a, _ in w.tick())
 
 
-def test_the_automation_and_landing_sensors_are_on_by_default(world):
+def test_the_automation_landing_and_release_sensors_are_on_by_default(world):
     from dagster import DefaultSensorStatus
 
     status = {s.name: s.default_status for s in world.defs.sensors}
     assert status == {"landing_sensor": DefaultSensorStatus.RUNNING, "recipe_sensor": DefaultSensorStatus.RUNNING,
-                      "automation": DefaultSensorStatus.RUNNING}
+                      "automation": DefaultSensorStatus.RUNNING,
+                      "release_sensor": DefaultSensorStatus.RUNNING}  # it publishes only what a person approved
 
 
 def test_a_dataset_requested_now_holds_its_models_until_its_run_brings_a_new_version(world):
