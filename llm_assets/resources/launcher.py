@@ -41,6 +41,7 @@ from llm_assets.training.hardware import training_thread_env
 from llm_assets.training.order import ORDER_EXTRA, WorkOrder
 
 CHILD_STOP_SECONDS = 20  # how long an interrupted child may take to stop before it is killed (Dagster's default)
+PARENT_POLL_SECONDS = 1.0  # how often a waiting step checks that its run worker still lives
 # what a remote worker gets besides its pod's or task's own settings (threads follow the pod's cores there)
 REMOTE_ENV = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
@@ -154,7 +155,7 @@ def run_pipes_process(context: AssetExecutionContext, command: list[str], env: d
         process = subprocess.Popen([sys.executable, "-m", "llm_assets.launch.parent_death", *command], process_group=0,
                                    cwd=str(cwd) if cwd else None, env={**os.environ, **env, **session.get_bootstrap_env_vars()})
         try:
-            returncode = process.wait()
+            returncode = _wait_while_parent_lives(process)
         except BaseException:
             _signal_group(process.pid, signal.SIGINT)
             try:
@@ -165,6 +166,24 @@ def run_pipes_process(context: AssetExecutionContext, command: list[str], env: d
         finally:
             _signal_group(process.pid, signal.SIGKILL)  # what the worker left running (a torchrun rank) goes with it
     return returncode, PipesClientCompletedInvocation(session)
+
+
+class RunWorkerGone(RuntimeError):
+    """The process that started this step (Dagster's run worker) died: nobody will record the step's result."""
+
+
+def _wait_while_parent_lives(process: subprocess.Popen) -> int:
+    """The worker's exit status; raises RunWorkerGone once this step's parent process is gone. A step process outlives
+    a run worker killed with -9 (it is re-parented, and parent_death only ties the worker to the step), and would train
+    on into a run already marked failed while a re-run trains beside it; raising stops its worker group on the way out."""
+    parent = os.getppid()
+    while True:
+        try:
+            return process.wait(timeout=PARENT_POLL_SECONDS)
+        except subprocess.TimeoutExpired:
+            if os.getppid() != parent:
+                raise RunWorkerGone(f"the run worker (pid {parent}) that started this step is gone; stopping the "
+                                    f"training worker (pid {process.pid})") from None
 
 
 def _signal_group(pgid: int, sig: int) -> None:
