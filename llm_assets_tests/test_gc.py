@@ -152,7 +152,7 @@ def test_cli_and_job(bucket, s3_endpoint, tmp_path):
            "LLM_ASSETS_SCRATCH": str(tmp_path / "scratch"), "LLM_ASSETS_DATA_DIR": str(tmp_path / "data")}
     out = subprocess.run([sys.executable, "-m", "llm_assets.gc", "--dry-run", "--older-than", "0"], env=env,
                          capture_output=True, text=True, check=True).stdout
-    assert f"would delete version" in out and f"k/versions/{old}" in out and "1 version older than 0 h: would free" in out
+    assert "would delete version" in out and f"k/versions/{old}" in out and "1 version older than 0 h: would free" in out
     assert store.has_version("k", old)
 
     resources = {"store": ArtifactStore(root=root, s3=S3Resource(endpoint_url=s3_endpoint, region_name="us-east-1"))}

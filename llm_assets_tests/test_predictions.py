@@ -8,7 +8,7 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, MultiPartitionKey, evaluate_automation_conditions
+from dagster import AssetKey, DagsterInstance, MultiPartitionKey, evaluate_automation_conditions
 
 from llm_assets.demo import register_drops
 from llm_assets.demo_data import write_demo_drops

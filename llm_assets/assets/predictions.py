@@ -35,7 +35,7 @@ from llm_assets.assets.model_metadata import metadata_of
 from llm_assets.assets.models import _current_version, model_key, refuse_failed_gates, store_settings, training_retry_policy
 from llm_assets.automation import DATASETS, on_change
 from llm_assets.partitions import DROP_PARTITIONS
-from llm_assets.recipes import Recipe, RecipeError, load_recipe
+from llm_assets.recipes import RecipeError, load_recipe
 from llm_assets.resources.launcher import TrainingLauncher
 from llm_assets.resources.store import ArtifactStore
 from llm_assets.stages import STAGES, Stage

@@ -42,7 +42,6 @@ from pydantic import Field
 
 from llm_assets.assets.models import model_key, recipe_of, refuse_failed_gates, store_settings, training_retry_policy
 from llm_assets.automation import on_change
-from llm_assets.markdown import markdown_table
 from llm_assets.paths import recipes_dir
 from llm_assets.recipes import RecipeError, load_recipe
 from llm_assets.release.approval import (
