@@ -16,7 +16,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -248,6 +248,9 @@ class EvaluationGroup(Group):
     batch_size: int = Field(16, gt=0)
     tolerance: float = Field(0.02, ge=0, description="Gate: on every task the released model scores at most this much "
                              "below the base model (absolute, in the task's own metric).")
+    tolerance_by_task: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict, description="Gate "
+                                       "released_not_worse_than_base: a tolerance per generated task name or per data kind "
+                                       "(sft, preference, pretraining) in place of evaluation.tolerance.")
     quantized_tolerance: float = Field(0.05, ge=0, description="Gate: the quantized model at most this much below the "
                                        "unquantized one on every task.")
     published_tolerance: float = Field(0.02, ge=0, description="Gate: at most this much below the currently published "

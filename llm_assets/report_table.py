@@ -47,7 +47,7 @@ def stage_rows(metrics: dict[str, dict[str, Any]], passthrough: dict[str, str]) 
             if "gold_win_rate_vs_sft" in m:  # generated data: the preference the pairs were labelled with
                 add("rlhf", "gold score (sampled)", m.get("sft_gold_score"), m.get("gold_score"), "sft")
                 add("rlhf", "gold win rate vs SFT", 0.5, m.get("gold_win_rate_vs_sft"), "sft", pct=True)
-            if "kl_to_sft" in m and "mean_reward" not in m:
+            if "kl_to_sft" in m:
                 add("rlhf", "KL to SFT", 0.0, m.get("kl_to_sft"), "sft")
             add("rlhf", "exact match", m.get("parent_exact_match"), m.get("exact_match"), "sft", pct=True)
         elif stage == "quantize":

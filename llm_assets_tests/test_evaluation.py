@@ -195,3 +195,19 @@ def test_gates_compare_each_task_in_its_own_direction_against_the_recipes_tolera
     published = {"version": "v" * 64, "results": {"em": {"released": figure(0.59)}, "gone": {"released": figure(1.0)}}}
     regression = gates.no_regression_vs_published(metrics, recipe, published)
     assert regression.passed and list(regression.compared) == ["em"]  # only tasks both were evaluated on
+
+
+def test_a_tolerance_per_task_or_data_kind_overrides_the_default_for_the_base_gate(tmp_path):
+    recipe = parse_recipe(write_recipe(tmp_path / "recipes", evaluation={"tolerance_by_task": {"pretraining": 1.0}}))
+    figure = lambda v: {"metric": "m", "value": v, "stderr": None, "n": 10}  # noqa: E731
+    metrics = {"models": {"base": {"version": "b"}, "released": {"version": "q"}},
+               "tasks": {"em": {"kind": "generate_until", "source": "sft/a", "metric": "exact_match", "higher_is_better": True},
+                         "bpb": {"kind": "loglikelihood_rolling", "source": "pretraining/b", "metric": "bits_per_byte",
+                                 "higher_is_better": False}},
+               "results": {"em": {"base": figure(0.50), "released": figure(0.90)},
+                           "bpb": {"base": figure(2.0), "released": figure(2.8)}}}
+    outcome = gates.released_not_worse_than_base(metrics, recipe)
+    assert outcome.passed and outcome.compared["bpb"]["tolerance"] == 1.0  # the kind's own tolerance
+    strict = parse_recipe(write_recipe(tmp_path / "strict", evaluation={"tolerance_by_task": {"bpb": 0.5}}))
+    failed = gates.released_not_worse_than_base(metrics, strict)  # a task's own entry names the key in the reason
+    assert not failed.passed and "is 0.8 worse, beyond evaluation.tolerance_by_task.bpb 0.5" in failed.reason

@@ -25,26 +25,38 @@ def shortfall(value: float, reference: float, higher_is_better: bool) -> float:
 
 
 def compare(metrics: dict[str, Any], reference: dict[str, dict[str, Any]], label: str, tolerance: float, key: str,
-            advice: str) -> Outcome:
-    """The released model's figure on every task ``reference`` (task -> figure) has, within ``tolerance``."""
+            advice: str, by_task: dict[str, float] | None = None) -> Outcome:
+    """The released model's figure on every task ``reference`` (task -> figure) has, within ``tolerance``, or within
+    ``by_task``'s value for the task's name or its data kind (``evaluation.tolerance_by_task``)."""
     compared, failures = {}, []
     for task, figure in sorted(reference.items()):
         released = metrics["results"].get(task, {}).get("released")
         if released is None:
             continue
         info = metrics["tasks"][task]
+        allowed, allowed_key = task_tolerance(task, info, tolerance, key, by_task or {})
         worse = shortfall(released["value"], figure["value"], info["higher_is_better"])
-        compared[task] = {"released": released["value"], "reference": figure["value"], "worse_by": worse}
-        if worse > tolerance + 1e-12:
+        compared[task] = {"released": released["value"], "reference": figure["value"], "worse_by": worse, "tolerance": allowed}
+        if worse > allowed + 1e-12:
             failures.append(f"{task}: released {info['metric']} {released['value']:.4g} vs {label} {figure['value']:.4g} "
-                            f"({'higher' if info['higher_is_better'] else 'lower'} is better) is {worse:.4g} worse")
+                            f"({'higher' if info['higher_is_better'] else 'lower'} is better) is {worse:.4g} worse, "
+                            f"beyond {allowed_key} {allowed:g}")
     if failures:
-        return Outcome(False, f"{'; '.join(failures)}, beyond {key} {tolerance:g}: {advice}", compared)
+        return Outcome(False, f"{'; '.join(failures)}: {advice}", compared)
     if not compared:
         return Outcome(True, f"no task was evaluated on both the released model and {label}", compared)
     worst = max(compared, key=lambda t: compared[t]["worse_by"])
     return Outcome(True, f"{len(compared)} tasks within {key} {tolerance:g} of {label} (closest: {worst}, "
                          f"{compared[worst]['worse_by']:+.4g})", compared)
+
+
+def task_tolerance(task: str, info: dict[str, Any], tolerance: float, key: str, by_task: dict[str, float]) -> tuple[float, str]:
+    """(tolerance, the recipe key it comes from) for one task: its own entry, else its data kind's, else the default."""
+    kind = str(info.get("source", "")).partition("/")[0]
+    for name in (task, kind):
+        if name in by_task:
+            return by_task[name], f"evaluation.tolerance_by_task.{name}"
+    return tolerance, key
 
 
 def role_figures(metrics: dict[str, Any], role: str) -> dict[str, dict[str, Any]]:
@@ -53,7 +65,8 @@ def role_figures(metrics: dict[str, Any], role: str) -> dict[str, dict[str, Any]
 
 def released_not_worse_than_base(metrics: dict[str, Any], recipe: Recipe) -> Outcome:
     return compare(metrics, role_figures(metrics, "base"), "base", recipe.evaluation.tolerance, "evaluation.tolerance",
-                   "check the training data and steps of the stages that made it worse, or raise evaluation.tolerance")
+                   "check the training data and steps of the stages that made it worse, or raise the tolerance",
+                   recipe.evaluation.tolerance_by_task)
 
 
 def quantized_within_bound(metrics: dict[str, Any], recipe: Recipe) -> Outcome:

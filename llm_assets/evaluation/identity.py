@@ -8,7 +8,7 @@ import json
 
 from llm_assets.recipes import Recipe
 
-TOLERANCES = ("tolerance", "quantized_tolerance", "published_tolerance")
+TOLERANCES = ("tolerance", "tolerance_by_task", "quantized_tolerance", "published_tolerance")
 # how prompts are rendered and cut, and how the models are loaded and run
 READS = {"data": ("chat_template", "max_length"), "model": ("dtype", "attn_implementation")}
 
