@@ -39,6 +39,8 @@ from llm_assets.training.memory import (
 from llm_assets.training.memory.shape import Shape, architecture_shape, cached_config_file, config_file_shape
 
 STAGE_NAMES = ("base", "cpt", "sft", "reward", "rlhf", "quantize", "evaluate")
+# The release stages hold one model at a time for inference (lm-eval, merging into a card, batch generation): sized as evaluate
+INFERENCE_AS = {"evaluation": "evaluate", "release": "evaluate", "predict": "evaluate"}
 TRAINING = ("cpt", "sft", "reward", "rlhf")
 GROUP_OF = {"base": "sft", "cpt": "cpt", "sft": "sft", "reward": "reward", "rlhf": "rlhf", "quantize": "sft",
             "evaluate": "sft"}
@@ -126,6 +128,7 @@ def stage_memory(recipe: Any, stage: str, *, zero: int | None = None,
     None resolves as the stage does: the recipe's value, else on a GPU only when the estimate without it does not
     fit ``resources.gpu_memory_gb``.
     """
+    stage = INFERENCE_AS.get(stage, stage)
     if stage not in STAGE_NAMES:
         raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGE_NAMES)}")
     on_gpu = recipe.resources.gpus > 0

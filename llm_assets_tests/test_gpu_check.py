@@ -34,7 +34,8 @@ def test_every_stage_runs_in_order_on_the_device_asked_with_its_figures(tmp_path
     assert by_stage["base"]["tokens_per_s"] is None  # nothing trained: no rate is made up
     # validated by the project's pipeline: the defects in the demo's prompt/completion drop are quarantined, not trained on
     drops = figures["drops"]
-    assert len(drops) == 4 and drops["demo_word_tasks.jsonl"]["quarantined"] > 0 and drops["demo_word_tasks.jsonl"]["duplicates"] == 2
+    assert len(drops) == 5 and "demo_prompts.jsonl" in drops  # the demo lands an inference drop too
+    assert drops["demo_word_tasks.jsonl"]["quarantined"] > 0 and drops["demo_word_tasks.jsonl"]["duplicates"] == 2
     assert figures["machine"]["device"] == "cpu" and figures["total_wall_s"] > sum(s["wall_s"] for s in figures["stages"])
     assert "| sft | cpu |" in proc.stdout and "FAIL" not in proc.stdout
 

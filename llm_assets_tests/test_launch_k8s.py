@@ -81,7 +81,8 @@ def test_training_stages_take_every_gpu_and_inference_stages_one():
     qwen, tiny = RECIPES["qwen25-05b-zero3"], RECIPES["tiny"]
     gpus = {s: as_api_dict(pipes_pod(qwen, s))["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")
             for s in WORKER_STAGES}
-    assert gpus == {"base": "1", "cpt": "8", "sft": "8", "reward": "8", "rlhf": "8", "quantize": "1", "evaluate": "1"}
+    assert gpus == {"base": "1", "cpt": "8", "sft": "8", "reward": "8", "rlhf": "8", "quantize": "1", "evaluate": "1",
+                    "evaluation": "1", "release": "1", "predict": "1"}  # the release stages hold one model at a time
     shm = next(v for v in pod_spec(qwen, "sft", SETTINGS)["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"]["sizeLimit"] == "8000M"  # 1 GB per local rank for NCCL
     assert "limits" not in pod_spec(tiny, "sft", SETTINGS)["containers"][0]["resources"]  # a CPU recipe asks for no GPU

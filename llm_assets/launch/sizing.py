@@ -26,9 +26,7 @@ from llm_assets.recipes import Recipe
 from llm_assets.stage_memory import stage_memory
 
 TRAINING_STAGES = ("cpt", "sft", "reward", "rlhf")
-# Release stages hold one model at a time for inference: sized as ``evaluate`` is.
-INFERENCE_STAGES = ("evaluation", "release", "predict")
-WORKER_STAGES = ("base", "cpt", "sft", "reward", "rlhf", "quantize", "evaluate", *INFERENCE_STAGES)
+WORKER_STAGES = ("base", "cpt", "sft", "reward", "rlhf", "quantize", "evaluate", "evaluation", "release", "predict")
 CPUS_PER_PROCESS = 4
 SHM_GB_PER_PROCESS = 1.0
 
@@ -64,7 +62,7 @@ def worker_size(recipe: Recipe, stage: str, shm_gb: float | None = None) -> Work
         raise ValueError(f"no worker for stage {stage!r}; stages are {', '.join(WORKER_STAGES)}")
     processes = worker_processes(recipe, stage)
     res = recipe.resources
-    memory = stage_memory(recipe, "evaluate" if stage in INFERENCE_STAGES else stage)
+    memory = stage_memory(recipe, stage)
     gpus = memory.gpus
     if gpus and processes > gpus:
         raise ValueError(f"{where}: distributed.processes is {processes} but resources.gpus is {res.gpus}: "
