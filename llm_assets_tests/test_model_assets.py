@@ -52,7 +52,9 @@ def test_whole_graph_on_the_micro_recipe(graph):
     assert checks == {("base_model", "rows_fit_max_length"): True,
                       ("sft_model", "sft_beats_parent"): True, ("reward_model", "reward_accuracy_above_threshold"): True,
                       ("rlhf_policy", "policy_beats_sft"): True, ("rlhf_policy", "kl_within_bound"): True,
-                      ("quantized_model", "eval_loss_delta_within_bound"): True}
+                      ("quantized_model", "eval_loss_delta_within_bound"): True,
+                      **{("evaluation", gate): True for gate in
+                         ("released_not_worse_than_base", "quantized_within_bound", "no_regression_vs_published")}}
     sft = meta(instance, "sft_model")
     assert sft["eval_loss"] < sft["parent_eval_loss"] and sft["steps"] == 6 and "demo_word_tasks.jsonl" in str(sft["drops_used"])
     assert meta(instance, "rlhf_policy")["algorithm"] == "rloo"

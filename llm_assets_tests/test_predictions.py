@@ -53,7 +53,7 @@ class Graph:
         self.prepare("inference", [name])
 
     def train(self, recipe: str) -> None:
-        result = self.defs.resolve_job_def("full_pipeline_job").execute_in_process(partition_key=recipe, instance=self.instance)
+        result = self.defs.resolve_job_def("training_job").execute_in_process(partition_key=recipe, instance=self.instance)
         assert result.success
 
     def tick(self) -> set[tuple[str, str]]:
