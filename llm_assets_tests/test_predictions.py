@@ -13,6 +13,7 @@ from dagster import AssetKey, DagsterInstance, MultiPartitionKey, evaluate_autom
 from llm_assets.demo import register_drops
 from llm_assets.demo_data import write_demo_drops
 from llm_assets.resources import default_resources
+from llm_assets.stages import MODEL_ASSETS
 from llm_assets_tests.conftest import PROJECT
 from llm_assets_tests.helpers import write_recipe
 
@@ -53,7 +54,9 @@ class Graph:
         self.prepare("inference", [name])
 
     def train(self, recipe: str) -> None:
-        result = self.defs.resolve_job_def("training_job").execute_in_process(partition_key=recipe, instance=self.instance)
+        job = self.defs.resolve_job_def("full_pipeline_job").get_subset(  # the recipe and its models: what predictions read
+            asset_selection={AssetKey(a) for a in ("recipe", *MODEL_ASSETS)})
+        result = job.execute_in_process(partition_key=recipe, instance=self.instance)
         assert result.success
 
     def tick(self) -> set[tuple[str, str]]:

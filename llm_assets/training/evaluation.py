@@ -26,7 +26,9 @@ RESULTS_FILE = "results.json"
 
 
 def is_quantized(directory: str | Path) -> bool:
-    return "quantization_config" in json.loads((Path(directory) / "config.json").read_text())
+    """A bitsandbytes checkpoint; a LoRA adapter (no config.json: its base has one) never is."""
+    config = Path(directory) / "config.json"
+    return config.is_file() and "quantization_config" in json.loads(config.read_text())
 
 
 def load_for_evaluation(directory: str, hw) -> Any:
