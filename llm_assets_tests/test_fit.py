@@ -172,3 +172,44 @@ def test_dpo_trains_on_our_token_ids():
     assert "self._prepare_dataset(train_dataset" in inspect.getsource(DPOTrainer.__init__)
     assert list(inspect.signature(DPOTrainer._prepare_dataset).parameters) == ["self", "dataset", "processing_class", "args",
                                                                               "dataset_name"]
+
+
+def padding_share(trainer) -> float:
+    """Of the tokens in the trainer's training batches, the share that is padding (a batch is padded to its longest)."""
+    pad = total = 0
+    for batch in trainer.get_train_dataloader():
+        mask = batch["attention_mask"]
+        pad, total = pad + int((mask == 0).sum()), total + mask.numel()
+    return pad / total
+
+
+def test_dpo_batches_hold_pairs_of_similar_length(demo, tmp_path):
+    """DPO trains on the cached pair table with its length column and the length-grouped sampler, as the reward model
+    does: far less of each batch is padding than in the random batches TRL makes by default."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig
+
+    from llm_assets.training.report import Reporter
+    from llm_assets.training.tokens import LENGTH_GROUPED, cached_pairs
+
+    _, datasets, tok = demo
+    rows = load_rows(datasets["preference"], "train")
+    # the demo's pairs are alike in length: mix in long prompts, as real preference data has
+    rows = [{**r, "prompt": [{"role": "user", "content": r["prompt"][-1]["content"] + " and more" * (i % 7) * 3}]}
+            for i, r in enumerate(rows)]
+    spec = SimpleNamespace(stage="rlhf", inputs={}, options={})
+    pairs, counts, how = cached_pairs(spec, rows, tok, "tokenizer", 128, Reporter())
+    assert how["tokenization"] == "computed" and len(pairs) == counts[FIT] + counts[TRUNCATED]
+    recipe = parse_recipe(write_recipe(tmp_path / "recipes"))
+    build_model(recipe.model.architecture, tok, 128, seed=0).save_pretrained(tmp_path / "model")  # DPO loads its reference from there
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+
+    def share(**sampling) -> float:
+        args = DPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, use_cpu=True, report_to=[],
+                         max_length=128, seed=0, **sampling)
+        return padding_share(PretokenizedDPOTrainer(model=model, args=args, train_dataset=pairs, processing_class=tok))
+
+    grouped, random_batches = share(**LENGTH_GROUPED), share(remove_unused_columns=False)
+    assert grouped < 0.5 * random_batches, (grouped, random_batches)

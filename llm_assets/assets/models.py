@@ -143,7 +143,7 @@ def train(context: AssetExecutionContext, recipe: Recipe, stage: Stage, store: A
                       fingerprint=fingerprint, inputs={r: {"key": parents[r], "version": v} for r, v in versions.items()},
                       datasets=data.refs, options={"eval_limit": config.eval_limit},
                       hub=hub_order(recipe, hub) if stage.name == "base" else None)
-    if stage.name in CACHED_STAGES:
+    if stage.name in CACHED_STAGES or (stage.name == "rlhf" and recipe.rlhf.algorithm == "dpo"):  # DPO trains on pairs
         cache = cache_key(stage.name, data.digests, tokenizer_digest(st.manifest(parents["model"], versions["model"]).files),
                           recipe.data.chat_template, recipe.data.max_length, recipe.data.truncation)
         order.tokens = {"key": cache, "version": st.latest_version(cache)}

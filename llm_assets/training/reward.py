@@ -33,15 +33,14 @@ from llm_assets.training.models import is_adapter, load_causal_lm, load_reward_m
 from llm_assets.training.report import LogCallback, Reporter
 from llm_assets.training.sft import load_for_training
 from llm_assets.training.spec import StageSpec
-from llm_assets.training.tokens import cached_tokens, pair_tokens, pairs_summary, preference_tokens, trainable_pairs
+from llm_assets.training.tokens import LENGTH_GROUPED, cached_pairs, preference_tokens, trainable_pairs
 
 
 def pair_dataset(spec: StageSpec, rows, tok, template: str, max_length: int,
                  reporter: Reporter) -> tuple[Dataset, dict[str, int], dict[str, Any]]:
     """Whole sequences (prompt + reply) per side, as RewardTrainer takes pre-tokenized pairs, the fit counts and how the
     pairs were tokenized (from the cache or here)."""
-    pairs, counts, tokenization = cached_tokens(spec, "left", lambda: pair_tokens(rows, tok, template, max_length), reporter)
-    reporter.log(f"[reward] {pairs_summary(counts, max_length)}")
+    pairs, counts, tokenization = cached_pairs(spec, rows, tok, template, max_length, reporter)
     return as_sequences(pairs.to_list()), counts, tokenization
 
 
@@ -90,10 +89,8 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
         dataset, fit, tokenization = pair_dataset(spec, train, tok, template, recipe.data.max_length, reporter)
 
         eval_pairs = held_out_pairs(held_out, tok, template, recipe.data.max_length)
-        # remove_unused_columns=False: the sampler reads the length column (the collator takes only the token ids)
         args = RewardConfig(**trainer_args(group, spec, hw, evaluates=eval_pairs is not None, include_num_input_tokens_seen="no"),
-                            max_length=recipe.data.max_length, train_sampling_strategy="group_by_length",
-                            remove_unused_columns=False)
+                            max_length=recipe.data.max_length, **LENGTH_GROUPED)
         callback = LogCallback(reporter, "reward")
         trainer = quiet(RewardTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_pairs, processing_class=tok,
                                       peft_config=lora_config(recipe, "SEQ_CLS") if recipe.sft.method != "full" else None, callbacks=[callback]))

@@ -37,11 +37,12 @@ from llm_assets.training.models import is_adapter, load_causal_lm, load_reward_m
 from llm_assets.training.report import LogCallback, Reporter
 from llm_assets.training.sft import load_for_training
 from llm_assets.training.spec import StageSpec
-from llm_assets.training.tokens import pairs_summary, preference_tokens, trainable_pairs, usable_pairs
+from llm_assets.training.tokens import LENGTH_GROUPED, cached_pairs, preference_tokens, trainable_pairs
 
 
 class PretokenizedDPOTrainer(DPOTrainer):
-    """DPOTrainer on pairs tokenized by ``tokens.usable_pairs`` (prompt cut from the left, replies whole).
+    """DPOTrainer on pairs tokenized by ``tokens.cached_pairs`` (prompt cut from the left, replies whole), in batches of
+    similar length.
 
     TRL 1.16's DPOTrainer re-tokenizes text and its collator keeps the start of each sequence,
     cutting the replies, the only part DPO learns from. It has no public way to pass token ids,
@@ -140,13 +141,13 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
         peft = lora_config(recipe) if method != "full" else None
         callback = LogCallback(reporter, f"rlhf/{g.algorithm}")
         fit: dict[str, int] = {}  # DPO: what happened to the preference pairs (fit, truncated, left_out, indistinguishable)
+        tokenization: dict[str, Any] = {}  # DPO: whether its pairs came from the tokenization cache
         if g.algorithm == "dpo":  # evaluated during training on held-out pairs (RLOO/GRPO curves are their training reward and KL)
-            pairs, fit = usable_pairs(train, tok, template, recipe.data.max_length)
+            pairs, fit, tokenization = cached_pairs(spec, train, tok, template, recipe.data.max_length, reporter)
             eval_pairs = trainable_pairs(preference_tokens(held_out, tok, template, recipe.data.max_length)[0])
-            reporter.log(f"[rlhf] {pairs_summary(fit, recipe.data.max_length)}")
             args = DPOConfig(**trainer_args(g, spec, hw, evaluates=bool(eval_pairs), include_num_input_tokens_seen="no"),
-                             beta=g.beta, max_length=recipe.data.max_length)
-            trainer = PretokenizedDPOTrainer(model=policy, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tok,
+                             beta=g.beta, max_length=recipe.data.max_length, **LENGTH_GROUPED)
+            trainer = PretokenizedDPOTrainer(model=policy, args=args, train_dataset=pairs, processing_class=tok,
                                              eval_dataset=Dataset.from_list(eval_pairs) if eval_pairs else None,
                                              peft_config=peft, callbacks=[callback])
         else:
@@ -173,7 +174,7 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     metrics: dict[str, Any] = {"algorithm": g.algorithm, "train_loss": result.training_loss, "steps": steps,
                                "train_prompts": len(train), "resumed_from": resume or "", "quantized_base": quantized_base, "hardware": hw.as_dict(),
                                "log_history": callback.history, "tracking": callback.tracking,
-                               **{f"train_pairs_{k}": n for k, n in fit.items()}}
+                               **{f"train_pairs_{k}": n for k, n in fit.items()}, **tokenization}
     metrics.update(judge(final, reference, reward_model(reward, recipe, hw, tok) if reward else None, tok, held_out, recipe))
     if reward is not None:
         reporter.log(f"[rlhf] mean reward {metrics['sft_mean_reward']:.3f} (SFT) -> {metrics['mean_reward']:.3f}, "

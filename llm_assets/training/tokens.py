@@ -1,6 +1,6 @@
 """Prompt + reply -> token ids, the one encoding training, evaluation and the fit report use, and the
 token tables the tokenization cache stores (see ``llm_assets.tokens_cache``): SFT examples, CPT
-documents and the reward model's preference pairs.
+documents and the preference pairs the reward model and DPO train on.
 
 An example longer than ``data.max_length`` is never cut on the right: that would cut the reply,
 the only part that is learned or scored (and make a preference pair's chosen and rejected the same
@@ -192,11 +192,31 @@ def text_tokens(rows: list[dict[str, Any]], tok) -> tuple[pa.Table, dict[str, in
 
 
 def pair_tokens(rows: list[dict[str, Any]], tok, template: str, max_length: int) -> tuple[pa.Table, dict[str, int]]:
-    """The pairs a reward model trains on (``usable_pairs``) as a table, with their fit counts."""
+    """The pairs the reward model and DPO train on (``usable_pairs``) as a table, with their fit counts."""
     pairs, counts = usable_pairs(rows, tok, template, max_length)
     table = pa.table({k: pa.array([p[k] for p in pairs], pa.list_(pa.int32())) for k in PAIR_COLUMNS},
                      metadata={FIT_METADATA: json.dumps({**counts, "truncation": "left"})})  # pairs always keep both replies
     return table, counts
+
+
+def cached_pairs(spec, rows: list[dict[str, Any]], tok, template: str, max_length: int,
+                 reporter) -> tuple[Dataset, dict[str, int], dict[str, Any]]:
+    """A stage's training pairs from the tokenization cache (or encoded here), with a ``length`` column: the longer
+    side, what the length-grouped sampler (``LENGTH_GROUPED``) sorts on, since a batch is padded to its longest
+    sequence. Returns the pairs, their fit counts and how they were tokenized."""
+    pairs, counts, tokenization = cached_tokens(spec, "left", lambda: pair_tokens(rows, tok, template, max_length), reporter)
+    reporter.log(f"[{spec.stage}] {pairs_summary(counts, max_length)}")
+    return with_lengths(pairs), counts, tokenization
+
+
+def with_lengths(pairs: Dataset) -> Dataset:
+    lengths = [len(p) + max(len(c), len(r)) for p, c, r in zip(pairs["prompt_ids"], pairs["chosen_ids"], pairs["rejected_ids"])]
+    return pairs.add_column("length", lengths)
+
+
+# Trainer arguments for batches of similar length; the collators take only the token ids, and the sampler needs the
+# ``length`` column kept.
+LENGTH_GROUPED = {"train_sampling_strategy": "group_by_length", "remove_unused_columns": False}
 
 
 def cached_tokens(spec, truncation: str, encode, reporter) -> tuple[Dataset, dict[str, int], dict[str, Any]]:
