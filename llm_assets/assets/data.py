@@ -2,12 +2,10 @@
 (validated, scrubbed, de-duplicated, split; quarantine beside it), one partition per drop."""
 
 
-import hashlib
 import json
 import tempfile
 from pathlib import Path
 
-import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
@@ -25,16 +23,9 @@ from pydantic import Field
 
 from llm_assets.automation import on_change
 from llm_assets.data.contracts import dataset_schema
-from llm_assets.data.formats import FormatError
-from llm_assets.data.io import read_table, write_dataset, write_duplicates, write_quarantine
-from llm_assets.data.pipeline import (
-    DEFAULT_EVAL_FRACTION,
-    DEFAULT_MAX_CHARS,
-    DropResult,
-    contract_violations,
-    length_stats,
-    validate_drop,
-)
+from llm_assets.data.formats import CANONICAL, FormatError
+from llm_assets.data.pipeline import DEFAULT_EVAL_FRACTION, DEFAULT_MAX_CHARS, DropTally
+from llm_assets.data.prepare import StoredProblems, prepare_drop, stored_dataset_problems
 from llm_assets.data.readers import UnreadableFile
 from llm_assets.markdown import markdown_table
 from llm_assets.partitions import DROP_PARTITIONS, partitioned_checks
@@ -64,26 +55,25 @@ def dataset_key(kind: str, drop: str) -> str:
     return f"datasets/{kind}/{drop}"
 
 
-def _samples(df: pd.DataFrame, kind: str, n: int = 3) -> str:
+def _samples(rows: list[dict], kind: str) -> str:
     def show(v: object) -> str:
         if isinstance(v, list):
             v = " / ".join(f"{m['role']}: {m['content']}" for m in v)
         v = str(v).replace("\n", " ").replace("|", "\\|")
         return v if len(v) <= 160 else v[:160] + "…"
 
-    cols = [c for c in df.columns if c not in ("row_hash", "meta")]
-    return markdown_table(cols, [[show(r[c]) for c in cols] for r in df.head(n).to_dict("records")])
+    cols = ["source_row", "split", *CANONICAL[kind]]
+    return markdown_table(cols, [[show(r[c]) for c in cols] for r in rows])
 
 
-def dataset_checks(kind: str, result: DropResult, stored: pd.DataFrame, max_rate: float) -> list[AssetCheckResult]:
-    violations = contract_violations(kind, stored)
-    dupes = int(stored["row_hash"].duplicated().sum()) if not stored.empty else 0
+def dataset_checks(kind: str, result: DropTally, stored: StoredProblems, max_rate: float) -> list[AssetCheckResult]:
+    violations, dupes = stored.violations, stored.duplicate_rows
     return [
         AssetCheckResult(
             check_name="contract_holds", passed=not violations,
-            metadata={"violations": len(violations), "first": MetadataValue.md("\n".join(f"- {v}" for v in violations[:10]) or "none")},
+            metadata={"violations": violations, "first": MetadataValue.md("\n".join(f"- {v}" for v in stored.first) or "none")},
             description=None if not violations else (
-                f"{len(violations)} stored rows break the {kind} dataset contract (the first are in this check's 'first'): "
+                f"{violations} stored rows break the {kind} dataset contract (the first are in this check's 'first'): "
                 "fix those rows in the landed file, or its .mapping.yaml, and land it again"),
         ),
         AssetCheckResult(
@@ -101,10 +91,9 @@ def dataset_checks(kind: str, result: DropResult, stored: pd.DataFrame, max_rate
     ]
 
 
-def check_content(context: AssetExecutionContext, kind: str, data: bytes) -> None:
+def check_content(context: AssetExecutionContext, kind: str, sha: str) -> None:
     """A drop is immutable: its snapshot must be the content it was registered with (``name@sha8``
     keys and the sensor's run tag say which); later content of the same file is another drop."""
-    sha = hashlib.sha256(data).hexdigest()
     _, prefix = split_key(context.partition_key)
     expected = context.run.tags.get(SHA_TAG) or prefix
     if expected and not sha.startswith(expected):
@@ -128,17 +117,18 @@ def build_data_assets(kind: str) -> list[AssetsDefinition]:
             override = zone.mapping_override(landed)
         except (FileNotFoundError, ValueError) as e:
             raise Failure(description=str(e)) from None
-        data = zone.read(landed)
-        check_content(context, kind, data)
         with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / landed.name).write_bytes(data)
+            snapshot = Path(tmp) / landed.name
+            zone.download(landed, snapshot)  # streamed to disk, never whole in memory
+            sha = sha256_file(snapshot)
+            check_content(context, kind, sha)
             if override:
                 (Path(tmp) / MAPPING_FILE).write_text(json.dumps(override))
-            sha = sha256_file(Path(tmp) / landed.name)
+            size = snapshot.stat().st_size
             manifest = store.open().commit(raw_key(kind, context.partition_key), Path(tmp), {"file": landed.name, "source": f"{zone.root}/{landed.path}"})
         return MaterializeResult(
             data_version=DataVersion(manifest.version),
-            metadata={"file": landed.name, "source": f"{zone.root}/{landed.path}", "bytes": len(data), "sha256": sha,
+            metadata={"file": landed.name, "source": f"{zone.root}/{landed.path}", "bytes": size, "sha256": sha,
                       "mapping_override": json.dumps(override) if override else "none", "artifact": f"{store.root}/{raw_key(kind, context.partition_key)}"},
         )
 
@@ -167,16 +157,14 @@ def build_data_assets(kind: str) -> list[AssetsDefinition]:
         raw = st.get(raw_key(kind, drop))
         name = raw.manifest.metadata["file"]
         override = json.loads(raw.file(MAPPING_FILE).read_text()) if raw.file(MAPPING_FILE).exists() else {}
-        try:
-            result = validate_drop(kind, name, raw.file(name).read_bytes(), override=override,
-                                   max_chars=config.max_chars, eval_fraction=config.eval_fraction)
-        except (UnreadableFile, FormatError) as e:
-            raise Failure(description=f"{kind} drop '{drop}' ({raw.manifest.metadata.get('source', name)}): {e}") from None
         with tempfile.TemporaryDirectory() as tmp:
-            write_dataset(result.dataset, Path(tmp) / "dataset.parquet", kind)
-            write_quarantine(result.quarantine, Path(tmp) / "quarantine.parquet")
-            write_duplicates(result.duplicates, Path(tmp) / "duplicates.parquet")
-            checks = dataset_checks(kind, result, read_table(Path(tmp) / "dataset.parquet"), config.max_reject_rate)
+            try:
+                result = prepare_drop(kind, name, raw.file(name), Path(tmp), override=override,
+                                      max_chars=config.max_chars, eval_fraction=config.eval_fraction)
+            except (UnreadableFile, FormatError) as e:
+                raise Failure(description=f"{kind} drop '{drop}' ({raw.manifest.metadata.get('source', name)}): {e}") from None
+            stored = stored_dataset_problems(kind, Path(tmp) / "dataset.parquet")
+            checks = dataset_checks(kind, result, stored, config.max_reject_rate)
             summary = {"format": result.format.name, "rows_in": result.rows_in, "rows_kept": result.rows_kept,
                        "rows_quarantined": result.rows_quarantined, "rows_duplicate": result.rows_duplicate,
                        "reject_rate": result.reject_rate, "raw_version": raw.version,
@@ -184,7 +172,6 @@ def build_data_assets(kind: str) -> list[AssetsDefinition]:
             (Path(tmp) / "summary.json").write_text(json.dumps(summary, indent=1))
             manifest = st.commit(dataset_key(kind, drop), Path(tmp), summary)
         reasons = result.reasons()
-        splits = result.dataset["split"].value_counts()
         context.log.info(f"{drop}: {result.rows_in} rows in, {result.rows_kept} kept, {result.rows_quarantined} quarantined, "
                          f"{result.rows_duplicate} exact duplicates dropped ({result.format.name})")
         for c in checks:
@@ -204,12 +191,12 @@ def build_data_assets(kind: str) -> list[AssetsDefinition]:
                 "rows_duplicate": result.rows_duplicate,
                 "reject_rate": round(result.reject_rate, 4),
                 "blank_lines_skipped": result.blank_lines,
-                "train_rows": int(splits.get("train", 0)),
-                "eval_rows": int(splits.get("eval", 0)),
+                "train_rows": result.splits["train"],
+                "eval_rows": result.splits["eval"],
                 "pii_scrubbed": MetadataValue.json(dict(result.pii_counts)),
-                "length_chars": MetadataValue.json(length_stats(result.dataset, kind)),
+                "length_chars": MetadataValue.json(result.length_stats()),
                 "reject_reasons": MetadataValue.md(markdown_table(list(reasons.columns), reasons.values.tolist()) if len(reasons) else "none"),
-                "samples": MetadataValue.md(_samples(result.dataset, kind)),
+                "samples": MetadataValue.md(_samples(result.samples, kind)),
                 "artifact": f"{st.root}/{dataset_key(kind, drop)}/versions/{manifest.version}",
             },
         )

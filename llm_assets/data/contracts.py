@@ -122,3 +122,32 @@ def row_failures(schema: pa.DataFrameSchema, df: pd.DataFrame) -> dict[Any, list
     if table_level:
         raise pa.errors.SchemaError(schema, df, "; ".join(table_level))
     return failures
+
+
+PLAIN_TYPES = (str, list, dict, int, float, bool, type(None))
+
+
+def _may_fail(column: pa.Column, value: Any) -> bool:
+    """Whether pandera could fail ``value`` in ``column``, asked of the column's own element-wise checks directly."""
+    if type(value) not in PLAIN_TYPES:
+        return True  # a null-like pandas might see differently: let pandera decide
+    if value is None or (isinstance(value, float) and value != value):
+        return not column.nullable
+    try:
+        return not all(check._check_fn(value) for check in column.checks)
+    except Exception:
+        return True
+
+
+def row_failures_of(schema: pa.DataFrameSchema, rows: list[dict[str, Any]]) -> dict[int, list[tuple[str, str, str]]]:
+    """``row_failures`` of ``rows`` (keyed by position) with pandera run only on the rows a direct call of the schema's
+    element-wise checks says may fail: the same failures, without pandera's cost per clean row (most of a big drop)."""
+    columns = schema.columns
+    if not all(check.element_wise for column in columns.values() for check in column.checks):
+        suspects = list(range(len(rows)))
+    else:
+        suspects = [i for i, row in enumerate(rows) if any(_may_fail(col, row.get(name)) for name, col in columns.items())]
+    if not suspects:
+        return {}
+    frame = pd.DataFrame({c: [rows[i].get(c) for i in suspects] for c in columns}, index=suspects, dtype=object)
+    return row_failures(schema, frame)

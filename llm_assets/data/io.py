@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -34,6 +35,36 @@ def write_quarantine(df: pd.DataFrame, path: Path) -> None:
 def write_duplicates(df: pd.DataFrame, path: Path) -> None:
     """Rows left out as exact copies, each with the source row of the copy that was kept."""
     pq.write_table(pa.Table.from_pylist(df[DUPLICATE_COLUMNS].to_dict("records"), schema=DUPLICATES), path)
+
+
+class DropWriter:
+    """A drop's three tables written batch by batch (one row group per batch), so no table is ever whole in memory.
+    A table no batch added to is written empty, as ``write_table`` writes it, so a small drop's files (and so its
+    version) are the same bytes as when the tables were written whole."""
+
+    def __init__(self, directory: Path, kind: str):
+        schemas = [dataset_arrow_schema(kind), QUARANTINE, DUPLICATES]
+        names = ["dataset.parquet", "quarantine.parquet", "duplicates.parquet"]
+        self.writers = [pq.ParquetWriter(directory / name, schema) for name, schema in zip(names, schemas)]
+        self.rows = [0, 0, 0]
+
+    def write(self, kept: list[dict[str, Any]], quarantined: list[dict[str, Any]], duplicates: list[dict[str, int]]) -> None:
+        for i, rows in enumerate((kept, quarantined, duplicates)):
+            if rows:
+                self.writers[i].write_table(pa.Table.from_pylist(rows, schema=self.writers[i].schema))
+                self.rows[i] += len(rows)
+
+    def close(self) -> None:
+        for writer, rows in zip(self.writers, self.rows):
+            if not rows:
+                writer.write_table(writer.schema.empty_table())
+            writer.close()
+
+    def __enter__(self) -> "DropWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def read_table(path: Path) -> pd.DataFrame:
