@@ -16,7 +16,6 @@ Rules (each tested):
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Callable
@@ -55,7 +54,8 @@ def load_cursor(text: str | None) -> dict[str, dict[str, dict]]:
 
 
 def plan_drops(kind: str, files: list[LandedFile], cursor: dict[str, dict[str, dict]], known: set[str], now: float,
-               settle_seconds: float, read: Callable[[LandedFile], bytes], refused: list[tuple[str, str]] = ()) -> Plan:
+               settle_seconds: float, sha256: Callable[[LandedFile], str], refused: list[tuple[str, str]] = ()) -> Plan:
+    """``sha256`` hashes a landed file's content (``Landing.sha256`` streams it in chunks)."""
     seen = {name: dict(entry) for name, entry in cursor.get(kind, {}).items()}
     shas = {e["sha256"]: e["key"] for e in seen.values() if e.get("sha256")}
     plan = Plan(cursor={**cursor, kind: seen})
@@ -69,7 +69,7 @@ def plan_drops(kind: str, files: list[LandedFile], cursor: dict[str, dict[str, d
             seen[f.name] = {**(entry or {}), "sig": sig, "pending": True}
             plan.notes.append(f"{kind}/{f.name}: still changing, waiting {settle_seconds:g} s for it to settle")
             continue
-        sha = hashlib.sha256(read(f)).hexdigest()
+        sha = sha256(f)
         if entry and entry.get("sha256") == sha:
             seen[f.name] = {**entry, "sig": sig, "pending": False}  # re-landed, same content
             continue

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class Objects(Protocol):
 
     def list(self, prefix: str = "", recursive: bool = True) -> list[ObjectInfo]: ...
     def read_bytes(self, path: str) -> bytes: ...
+    def open(self, path: str) -> BinaryIO: ...
     def write_bytes(self, path: str, data: bytes) -> None: ...
     def upload(self, local: Path, path: str) -> None: ...
     def download(self, path: str, local: Path) -> None: ...
@@ -81,6 +82,10 @@ class LocalObjects:
 
     def read_bytes(self, path: str) -> bytes:
         return self._p(path).read_bytes()
+
+    def open(self, path: str) -> BinaryIO:
+        """The file as a binary stream, for reading in chunks."""
+        return open(self._p(path), "rb")
 
     def write_bytes(self, path: str, data: bytes) -> None:
         target = self._p(path)
@@ -158,6 +163,10 @@ class S3Objects:
 
     def read_bytes(self, path: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=self._k(path))["Body"].read()
+
+    def open(self, path: str) -> BinaryIO:
+        """The object's body as a stream (botocore's StreamingBody: ``read(n)``, ``close``), for reading in chunks."""
+        return self.client.get_object(Bucket=self.bucket, Key=self._k(path))["Body"]
 
     def write_bytes(self, path: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._k(path), Body=data)  # a PUT is atomic in S3

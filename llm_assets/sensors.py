@@ -51,7 +51,7 @@ def landing_sensor(context: SensorEvaluationContext, landing: LandingZone) -> Se
     for kind in KINDS:
         scan = zone.scan(kind)
         known = set(context.instance.get_dynamic_partitions(DROP_PARTITIONS[kind].name))
-        plan = plan_drops(kind, scan.files, cursor, known, time.time(), settle_seconds(), zone.read, scan.refused)
+        plan = plan_drops(kind, scan.files, cursor, known, time.time(), settle_seconds(), zone.sha256, scan.refused)
         cursor = plan.cursor
         for warning in plan.warnings:
             context.log.warning(warning)

@@ -13,10 +13,12 @@ it registers the drop).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -31,6 +33,7 @@ SIDECAR_SUFFIX = ".mapping.yaml"  # "<file>.mapping.yaml" overrides the detected
 IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".uploading", "~")
 SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 MAX_NAME_BYTES = 255  # the longest file name ext4 and xfs accept
+HASH_CHUNK = 1 << 20  # bytes read at a time when hashing a landed file
 VERSION_SEPARATOR = "@"  # "<key>@<sha8>": later content of a file name (never in a key drop_key makes)
 
 
@@ -132,8 +135,17 @@ class Landing:
             "it may have been removed from the landing zone after the partition was created"
         )
 
-    def read(self, f: LandedFile) -> bytes:
-        return self.objects.read_bytes(f.path)
+    def sha256(self, f: LandedFile) -> str:
+        """The content hash of a landed file, read in chunks (a drop may be larger than memory)."""
+        h = hashlib.sha256()
+        with contextlib.closing(self.objects.open(f.path)) as stream:
+            while block := stream.read(HASH_CHUNK):
+                h.update(block)
+        return h.hexdigest()
+
+    def download(self, f: LandedFile, local: Path) -> None:
+        """Copy a landed file to a local path, streamed (a copy on disk, an S3 managed download)."""
+        self.objects.download(f.path, local)
 
     def mapping_override(self, f: LandedFile) -> dict[str, Any]:
         """The optional sidecar (see ``sidecar_path``) beside a landed file (keys: format, columns)."""
