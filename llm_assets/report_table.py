@@ -34,6 +34,10 @@ def stage_rows(metrics: dict[str, dict[str, Any]], passthrough: dict[str, str]) 
         elif stage == "sft":
             add("sft", "SFT eval loss", m.get("parent_eval_loss"), m.get("eval_loss"), "cpt")
             add("sft", "exact match", m.get("parent_exact_match"), m.get("exact_match"), "cpt", pct=True)
+            parent_tasks = m.get("parent_exact_match_by_task") or {}
+            for task, t in (m.get("exact_match_by_task") or {}).items():  # rows naming a task: each beside its majority baseline
+                add("sft", f"exact match {task} (n={t['n']}; majority baseline {t['majority_baseline']:.1%})",
+                    parent_tasks.get(task, {}).get("exact_match"), t["exact_match"], "cpt", pct=True)
         elif stage == "reward":
             add("reward", "pairwise accuracy", m.get("parent_reward_accuracy"), m.get("reward_accuracy"), "untrained head", pct=True)
         elif stage == "rlhf":

@@ -5,7 +5,9 @@ vocabulary would otherwise need tens of GB for one batch of full-length rows."""
 
 from __future__ import annotations
 
+import json
 import math
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -132,11 +134,59 @@ def answer_of(reply: str) -> str:
 
 
 def exact_match(model, tok, rows: list[dict[str, Any]], template: str, max_new_tokens: int = 24) -> dict[str, Any]:
-    """Greedy replies that give exactly the expected answer (``answer_of`` both)."""
+    """Greedy replies that give exactly the expected answer (``answer_of`` both); per task too when rows name one."""
     preds = generate(model, tok, [r["prompt"] for r in rows], template, max_new_tokens)
     hits = [answer_of(p) == answer_of(r["completion"]) for p, r in zip(preds, rows)]
     samples = [{"prompt": r["prompt"][-1]["content"], "expected": r["completion"], "got": p} for p, r in list(zip(preds, rows))[:SAMPLES]]
-    return {"exact_match": sum(hits) / max(len(hits), 1), "exact_match_n": len(hits), "samples": samples}
+    out = {"exact_match": sum(hits) / max(len(hits), 1), "exact_match_n": len(hits), "samples": samples}
+    by_task = exact_match_by_task(rows, hits)
+    if by_task:
+        out["exact_match_by_task"] = by_task
+    return out
+
+
+# The data sets of the T0 mixture (``task`` is "<data set>_<template>"); a task outside them is its own group.
+T0_DATASETS = ("ag_news", "amazon_polarity", "dbpedia_14", "trec", "common_gen", "commonsense_qa")
+CLASSIFICATION = ("ag_news", "amazon_polarity", "dbpedia_14", "trec")  # short label answers: a majority class exists
+
+
+def row_task(row: dict[str, Any]) -> str | None:
+    """The ``task`` a row's extra fields name (the dataset keeps them as JSON in ``meta``), or None."""
+    meta = row.get("meta")
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except ValueError:
+            return None
+    task = meta.get("task") if isinstance(meta, dict) else None
+    return task if isinstance(task, str) and task else None
+
+
+def task_family(task: str) -> str:
+    return next((d for d in T0_DATASETS if task.startswith(d + "_")), task)
+
+
+def exact_match_by_task(rows: list[dict[str, Any]], hits: list[bool]) -> dict[str, dict[str, float]]:
+    """Exact match per data set (templates grouped) beside its majority baseline: for each template, the share of its
+    held-out rows whose answer is that template's most common held-out answer (the best constant reply per template, a
+    baseline that knows the held-out labels, so a model must really classify to beat it). ``classification``: the
+    same over the label tasks together. Empty when no row names a task."""
+    groups: dict[str, dict[str, list]] = {}
+    for row, hit in zip(rows, hits):
+        task = row_task(row)
+        if task is None:
+            continue
+        family = task_family(task)
+        for name in (family, "classification") if family in CLASSIFICATION else (family,):
+            g = groups.setdefault(name, {"hits": [], "answers": {}})
+            g["hits"].append(hit)
+            g["answers"].setdefault(task, Counter())[answer_of(row["completion"])] += 1
+    out = {}
+    for name, g in sorted(groups.items()):
+        n = len(g["hits"])
+        majority = sum(c.most_common(1)[0][1] for c in g["answers"].values())
+        out[name] = {"n": n, "exact_match": sum(g["hits"]) / n, "majority_baseline": majority / n}
+    return out
 
 
 @torch.no_grad()

@@ -40,7 +40,8 @@ from llm_assets.training.tokens import read_tokens, sft_tokens, write_tokens
 def measure(model, tok, rows, recipe) -> dict[str, Any]:
     out = completion_loss(model, tok, rows, recipe.data.chat_template, recipe.data.max_length)
     em = exact_match(model, tok, rows, recipe.data.chat_template)
-    return {**out, "exact_match": em["exact_match"], "samples": em["samples"]}
+    return {**out, "exact_match": em["exact_match"], "samples": em["samples"],
+            **({"exact_match_by_task": em["exact_match_by_task"]} if "exact_match_by_task" in em else {})}
 
 
 def load_for_training(parent: str, method: str, recipe, hw, model_class=AutoModelForCausalLM, **kwargs):
@@ -156,6 +157,8 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
     metrics = {
         "method": group.method, "parent_eval_loss": before["eval_loss"], "eval_loss": after["eval_loss"],
         "perplexity": after["perplexity"], "parent_exact_match": before["exact_match"], "exact_match": after["exact_match"],
+        **({"parent_exact_match_by_task": before.get("exact_match_by_task", {}), "exact_match_by_task": after["exact_match_by_task"]}
+           if "exact_match_by_task" in after else {}),
         "train_loss": result.training_loss, "steps": trainer.state.global_step, "train_examples": len(train),
         "eval_examples": len(held_out), "trainable_parameters": trainable,
         "resumed_from": resume or "", "tokens_seen": trainer.state.num_input_tokens_seen, "samples": after["samples"],
