@@ -124,19 +124,22 @@ def row_failures(schema: pa.DataFrameSchema, df: pd.DataFrame) -> dict[Any, list
     return failures
 
 
-PLAIN_TYPES = (str, list, dict, int, float, bool, type(None))
+PLAIN_TYPES = frozenset({str, list, dict, int, float, bool, type(None)})
 
 
-def _may_fail(column: pa.Column, value: Any) -> bool:
-    """Whether pandera could fail ``value`` in ``column``, asked of the column's own element-wise checks directly."""
+def _may_fail(nullable: bool, checks: tuple, value: Any) -> bool:
+    """Whether pandera could fail ``value`` in a column, asked of the column's own element-wise checks directly."""
     if type(value) not in PLAIN_TYPES:
         return True  # a null-like pandas might see differently: let pandera decide
-    if value is None or (isinstance(value, float) and value != value):
-        return not column.nullable
+    if value is None or (type(value) is float and value != value):  # None or NaN
+        return not nullable
     try:
-        return not all(check._check_fn(value) for check in column.checks)
+        for check in checks:
+            if not check(value):
+                return True
     except Exception:
         return True
+    return False
 
 
 def row_failures_of(schema: pa.DataFrameSchema, rows: list[dict[str, Any]]) -> dict[int, list[tuple[str, str, str]]]:
@@ -146,7 +149,9 @@ def row_failures_of(schema: pa.DataFrameSchema, rows: list[dict[str, Any]]) -> d
     if not all(check.element_wise for column in columns.values() for check in column.checks):
         suspects = list(range(len(rows)))
     else:
-        suspects = [i for i, row in enumerate(rows) if any(_may_fail(col, row.get(name)) for name, col in columns.items())]
+        plan = [(name, col.nullable, tuple(check._check_fn for check in col.checks)) for name, col in columns.items()]
+        suspects = [i for i, row in enumerate(rows)
+                    if any(_may_fail(nullable, checks, row.get(name)) for name, nullable, checks in plan)]
     if not suspects:
         return {}
     frame = pd.DataFrame({c: [rows[i].get(c) for i in suspects] for c in columns}, index=suspects, dtype=object)

@@ -28,7 +28,6 @@ from typing import Any
 import phonenumbers
 
 PLACEHOLDERS = {"email": "[EMAIL]", "phone": "[PHONE]", "card": "[CARD]"}
-ASCII_DIGITS = "0123456789"  # (regex \d also matches other scripts' digits, hence the isascii() beside it)
 
 EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})\b")
 RESERVED_DOMAINS = ("example.com", "example.org", "example.net")
@@ -136,13 +135,20 @@ def _written_like_a_us_phone(raw: str) -> bool:
     return bool(re.search(r"[().-]", raw)) or phonenumbers.is_valid_number(phonenumbers.parse(raw, "US"))
 
 
+def _may_hold_pii(text: str) -> bool:
+    """Every detector needs an '@' or a digit (regex \\d: any script's, hence isascii); most text has neither, and eleven
+    substring scans say so much faster than the detectors' regexes (spelled out: a loop costs as much again)."""
+    return ("@" in text or not text.isascii() or "0" in text or "1" in text or "2" in text or "3" in text or "4" in text
+            or "5" in text or "6" in text or "7" in text or "8" in text or "9" in text)
+
+
 def find_pii(text: str) -> list[Finding]:
     """Every e-mail, card and phone number in ``text``, in order, none overlapping.
 
     E-mails first, then cards (a card number would also look like phone groups), then phones.
     """
-    if "@" not in text and text.isascii() and not any(d in text for d in ASCII_DIGITS):
-        return []  # the common case, found in a few fast scans: every detector needs an '@' or a digit
+    if not _may_hold_pii(text):
+        return []
     taken: list[Finding] = []
     for detect in (_emails, _cards, _phones):
         for f in detect(text):

@@ -36,6 +36,9 @@ QUARANTINE_COLUMNS = ["source_row", "reason", "field", "detail", "raw"]
 DUPLICATE_COLUMNS = ["source_row", "duplicate_of"]
 DETECT_ROWS = 1_000  # rows the format is detected from
 SAMPLE_ROWS = 3  # kept rows shown in the UI
+# json.dumps(..., sort_keys=True, ensure_ascii=False[, default=str]) without building an encoder per row
+CANONICAL_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
+META_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)
 
 
 @dataclass
@@ -78,7 +81,7 @@ class DropResult:
 
 def _content_digest(row: dict[str, Any], kind: str) -> bytes:
     canonical = {c: row[c] for c in CANONICAL[kind]}
-    return hashlib.sha256(json.dumps(canonical, sort_keys=True, ensure_ascii=False).encode()).digest()
+    return hashlib.sha256(CANONICAL_JSON.encode(canonical).encode()).digest()
 
 
 def content_hash(row: dict[str, Any], kind: str) -> str:
@@ -126,7 +129,7 @@ def _canonical_rows(kind: str, fmt: Format, rows: list[tuple[int, dict[str, Any]
             rejected.append(_quarantined(n, e.reason, e.field, f"row {n}: {e}", _raw(r)))
             continue
         extra = scrub_value({k: v for k, v in r.items() if k not in fmt.columns}, pii)
-        candidates.append({"source_row": n, "meta": json.dumps(extra, sort_keys=True, ensure_ascii=False, default=str), "pii": pii, **canon})
+        candidates.append({"source_row": n, "meta": META_JSON.encode(extra), "pii": pii, **canon})
     return candidates, rejected
 
 
