@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from llm_assets.data.io import DropWriter
 from llm_assets.data.pipeline import DropTally, contract_violations, stream_drop
-from llm_assets.data.readers import DEFAULT_BATCH_ROWS, Source
+from llm_assets.data.readers import DEFAULT_BATCH_ROWS, Source, row_groups
 
 FIRST_VIOLATIONS = 10  # contract violations kept to show; the rest are counted
 
@@ -41,7 +41,7 @@ def stored_dataset_problems(kind: str, path: Path, batch_rows: int = DEFAULT_BAT
     parquet = pq.ParquetFile(path)
     if parquet.metadata.num_rows == 0:
         return StoredProblems(1, contract_violations(kind, pd.DataFrame()))
-    for batch in parquet.iter_batches(batch_size=batch_rows):
+    for batch in (b for group in row_groups(parquet) for b in group.to_batches(max_chunksize=batch_rows)):
         frame = pd.DataFrame(batch.to_pylist(), columns=batch.schema.names)
         problems = contract_violations(kind, frame)  # duplicates inside the batch included
         batch_seen: set[bytes] = set()
