@@ -1,4 +1,5 @@
-"""``make bench``: SFT throughput side by side with TRL, SFT beside a busy process, re-run cost, quantization and memory.
+"""``make bench``: SFT throughput side by side with TRL, SFT beside a busy process, re-run cost, quantization and memory,
+and data prep of a 1 M-row drop (rows/s, peak RSS, every defect in the quarantine).
 
 Prints one table per part and writes benchmarks/results.json. Each training configuration runs
 in its own process. ``--quick`` shrinks everything (a smoke run, not figures to quote).
@@ -160,14 +161,14 @@ def throughput(args, work: Path) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--parts", default=None, help="Default: throughput,contention,rerun,quantization (cuda: throughput)")
+    p.add_argument("--parts", default=None, help="Default: throughput,contention,rerun,quantization,data_prep (cuda: throughput)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the throughput part on the GPU")
     p.add_argument("--sft-file", type=Path, default=SHARED_SFT, help="SFT rows (default ../shared's T0 mixture, else the demo's)")
     p.add_argument("--results", type=Path, default=None, help="Figures JSON (default benchmarks/results.json, cuda: results_cuda.json)")
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch here")
-    args.parts = args.parts or ("throughput" if args.device == "cuda" else "throughput,contention,rerun,quantization")
+    args.parts = args.parts or ("throughput" if args.device == "cuda" else "throughput,contention,rerun,quantization,data_prep")
     results_path = args.results or (RESULTS.with_name("results_cuda.json") if args.device == "cuda" else RESULTS)
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars of every load, here and in the child processes
     args.threads = min(2, os.cpu_count() or 1)
@@ -199,6 +200,10 @@ def main() -> int:
         trained = Path(rerun["sft_dir"]) if "rerun" in parts else None
         out["quantization"] = quantization(work / "quantization", trained, rerun["eval_rows"] if trained else [],
                                            sft_rows(args.rows)[0], quick=args.quick)
+    if "data_prep" in parts:
+        from benchmarks.data_prep import data_prep
+
+        out["data_prep"] = data_prep(work / "data_prep", quick=args.quick)
     out["seconds"] = time.time() - t0
     m = out["machine"]
     print(f"\nmachine: {m['cpus']} x {m['processor']} (native bf16: {'yes' if m['native_bf16'] else 'no'}), torch {m['torch']}")

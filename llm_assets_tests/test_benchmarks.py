@@ -50,3 +50,18 @@ def test_busy_process_burns_a_core_and_is_gone_after_the_block():
         stat = Path(f"/proc/{busy.pid}/stat").read_text().rsplit(")", 1)[1].split()
         assert busy.poll() is None and (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK") > 0.1  # utime + stime
     assert busy.returncode is not None and not Path(f"/proc/{busy.pid}").exists()
+
+
+def test_data_prep_benchmark_finds_every_row_its_generator_broke(tmp_path):
+    from benchmarks.data_prep import MAX_CHARS, generate_drop, quarantine_matches
+    from llm_assets.data.prepare import prepare_drop
+
+    expected = generate_drop(tmp_path / "d.jsonl", 3000, seed=1)
+    assert set(expected.quarantined.values()) >= {"malformed_json", "missing_field", "empty_text", "not_utf8"}
+    assert expected.duplicates and expected.pii["email"] and expected.pii["phone"]
+    (tmp_path / "out").mkdir()
+    tally = prepare_drop("sft", "d.jsonl", tmp_path / "d.jsonl", tmp_path / "out", max_chars=MAX_CHARS, batch_rows=500)
+    checks = quarantine_matches(tmp_path / "out", expected)
+    assert checks["quarantine_exact"] and checks["duplicates_exact"], checks
+    assert dict(tally.pii_counts) == expected.pii
+    assert tally.rows_kept == 3000 - len(expected.quarantined) - len(expected.duplicates)
