@@ -52,3 +52,25 @@ def demo_datasets(tmp: Path, scale: float = 0.1) -> dict[str, list[str]]:
         write_dataset(result.dataset, path, kind)
         out.setdefault(kind, []).append(str(path))
     return out
+
+
+def validate_landed_drops(defs, instance, kinds=None) -> dict[str, list[str]]:
+    """What landing_sensor and the data prep runs do for every landed file (local or S3 landing zone, as configured):
+    a drop partition each, then its ``<kind>_data_prep_job`` materialized, which must succeed. Returns the drops by kind."""
+    from llm_assets.demo import register_drops
+    from llm_assets.resources import default_resources
+
+    drops = register_drops(instance, default_resources()["landing"].open())
+    for kind, keys in drops.items():
+        if kinds is None or kind in kinds:
+            job = defs.resolve_job_def(f"{kind}_data_prep_job")
+            for key in keys:
+                assert job.execute_in_process(partition_key=key, instance=instance).success, f"{kind}_data_prep_job[{key}]"
+    return drops
+
+
+def land_demo_drops(landing: Path, defs, instance, scale: float = 0.1, kinds=None) -> dict[str, list[str]]:
+    """The demo drops written into ``landing`` (the configured local landing zone) at ``scale``, each registered and
+    validated through Dagster (``kinds``: only those kinds' drops are validated; every drop is registered)."""
+    write_demo_drops(landing, scale=scale)
+    return validate_landed_drops(defs, instance, kinds)

@@ -12,10 +12,7 @@ from pathlib import Path
 import boto3
 from dagster import AssetKey, DagsterInstance
 
-from llm_assets.demo import register_drops
-from llm_assets.demo_data import write_demo_drops
-from llm_assets.resources import default_resources
-from llm_assets_tests.helpers import write_recipe
+from llm_assets_tests.helpers import land_demo_drops, write_recipe
 
 SECRETS = {"HF_TOKEN": "hf_SENTINELtoken5f2a9c", "AWS_SECRET_ACCESS_KEY": "SENTINELsecret7b31e0",
            "AWS_ACCESS_KEY_ID": "AKIASENTINEL4c8d21"}
@@ -53,15 +50,10 @@ def test_no_secret_value_is_stored_anywhere(project_env, s3_endpoint, monkeypatc
     recipes = project_env / "recipes"
     write_recipe(recipes)
     monkeypatch.setenv("LLM_ASSETS_RECIPES_DIR", str(recipes))
-    write_demo_drops(project_env / "data" / "landing", scale=0.05)
     from llm_assets.definitions import build_definitions
 
-    instance = DagsterInstance.get()
-    drops = register_drops(instance, default_resources()["landing"].open())
-    defs = build_definitions()
-    for kind, keys in drops.items():
-        for key in keys:
-            assert defs.resolve_job_def(f"{kind}_data_prep_job").execute_in_process(partition_key=key, instance=instance).success
+    instance, defs = DagsterInstance.get(), build_definitions()
+    land_demo_drops(project_env / "data" / "landing", defs, instance, scale=0.05)
     job = defs.resolve_job_def("full_pipeline_job").get_subset(asset_selection={AssetKey("base_model")})
     assert job.execute_in_process(partition_key="tiny", instance=instance).success
 
