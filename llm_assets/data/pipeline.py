@@ -34,7 +34,7 @@ DEFAULT_MAX_CHARS = 100_000
 DEFAULT_EVAL_FRACTION = 0.1
 QUARANTINE_COLUMNS = ["source_row", "reason", "field", "detail", "raw"]
 DUPLICATE_COLUMNS = ["source_row", "duplicate_of"]
-DETECT_ROWS = 1_000  # rows the format is detected from
+DETECT_ROWS = 1_000  # the format is detected from the first batches holding at least this many readable rows
 SAMPLE_ROWS = 3  # kept rows shown in the UI
 # json.dumps(..., sort_keys=True, ensure_ascii=False[, default=str]) without building an encoder per row
 CANONICAL_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
@@ -245,7 +245,7 @@ class _Deduplicator:
 
 
 def _detection_sample(batches: Iterator[ReadBatch]) -> list[ReadBatch]:
-    """The first batches, up to ``DETECT_ROWS`` readable rows (or the whole file): what the format is detected from."""
+    """The first batches, until they hold ``DETECT_ROWS`` readable rows (or the whole file): what the format is detected from."""
     sample: list[ReadBatch] = []
     for batch in batches:
         sample.append(batch)
@@ -259,7 +259,7 @@ def stream_drop(kind: str, name: str, source: Source, sink: DropSink, *, overrid
                 batch_rows: int = DEFAULT_BATCH_ROWS) -> DropTally:
     """Validate one landed file batch by batch, handing each batch's kept, quarantined and duplicate rows to ``sink`` in
     source order; memory holds one batch and the de-duplication hashes. The format is detected from the first
-    ``DETECT_ROWS`` rows. Raises ``UnreadableFile`` / ``FormatError`` for whole-file problems only, before ``sink`` sees
+    batches (at least ``DETECT_ROWS`` readable rows). Raises ``UnreadableFile`` / ``FormatError`` for whole-file problems only, before ``sink`` sees
     a row."""
     override = override or {}
     renames = override.get("columns") or {}
