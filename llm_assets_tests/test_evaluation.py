@@ -11,8 +11,6 @@ import pytest
 import yaml
 from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, define_asset_job
 
-from llm_assets.demo import register_drops
-from llm_assets.demo_data import write_demo_drops
 from llm_assets.evaluation import gates, harness
 from llm_assets.recipes import parse_recipe
 from llm_assets.resources import default_resources
@@ -24,7 +22,7 @@ from llm_assets.training.models import load_causal_lm, load_tokenizer
 from llm_assets.training.report import Reporter
 from llm_assets.training.spec import StageSpec
 from llm_assets.training.worker import run_stage
-from llm_assets_tests.helpers import demo_datasets, write_recipe
+from llm_assets_tests.helpers import demo_datasets, land_demo_drops, write_recipe
 
 
 @pytest.fixture
@@ -99,15 +97,11 @@ def graph(project_env, monkeypatch):
     # replies longer than 4 tokens (the demo's reversals) are scored by log-likelihood, the rest by exact match
     write_recipe(recipes, cpt=None, reward=None, rlhf=None, quantization=None, evaluation={"limit": 8, "max_new_tokens": 4})
     monkeypatch.setenv("LLM_ASSETS_RECIPES_DIR", str(recipes))
-    write_demo_drops(project_env / "data" / "landing", scale=0.1)
     from llm_assets.definitions import build_definitions
 
-    instance = DagsterInstance.get()
-    drops = register_drops(instance, default_resources()["landing"].open())
-    defs = build_definitions()
-    for kind, keys in drops.items():
-        for key in keys:
-            assert defs.resolve_job_def(f"{kind}_data_prep_job").execute_in_process(partition_key=key, instance=instance).success
+    instance, defs = DagsterInstance.get(), build_definitions()
+    # the evaluation reads the held-out splits of the training kinds; the inference drop (prompts only) is not validated
+    land_demo_drops(project_env / "data" / "landing", defs, instance, kinds=("pretraining", "sft", "preference"))
     job = define_asset_job("evaluated", selection=AssetSelection.assets(*MODEL_ASSETS, "evaluation"),
                            partitions_def=defs.resolve_assets_def("evaluation").partitions_def)
     return Definitions.merge(defs, Definitions(jobs=[job])), instance
