@@ -110,3 +110,22 @@ def test_landing_hash_of_a_file_larger_than_its_chunk_is_the_whole_files(tmp_pat
     zone = Landing(LocalObjects(tmp_path))
     (landed,) = zone.scan("sft").files
     assert zone.sha256(landed) == hashlib.sha256(data).hexdigest()
+
+
+def test_stored_check_finds_what_contract_violations_finds_across_batches(tmp_path):
+    from llm_assets.data.io import write_dataset
+    from llm_assets.data.pipeline import contract_violations
+    from llm_assets.data.prepare import stored_dataset_problems
+
+    df = validate_drop("sft", "d.jsonl", jsonl(), max_chars=MAX_CHARS).dataset
+    df.loc[1, "completion"] = ""
+    df.loc[2, "prompt"] = None
+    df.loc[3, "split"] = "test"
+    df.loc[4, "prompt"] = [{"role": "assistant", "content": "a"}]
+    df = pd.concat([df, df.head(1)], ignore_index=True)  # row 1 again, in the last 3-row batch
+    write_dataset(df, tmp_path / "dataset.parquet", "sft")
+    found = stored_dataset_problems("sft", tmp_path / "dataset.parquet", batch_rows=3)
+    assert found.duplicate_rows == 1
+    expected = contract_violations("sft", df)  # the whole table at once: both copies of row 1 are named
+    assert found.violations == len(expected) - 1 and set(found.first) - set(expected) == {
+        "source row 1: row_hash is duplicated (an earlier batch has it)"}

@@ -8,10 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pandera.pandas as pa
 import pyarrow.parquet as pq
 
-from llm_assets.data.contracts import dataset_schema, row_failures, row_failures_of
 from llm_assets.data.io import DropWriter
 from llm_assets.data.pipeline import DropTally, contract_violations, stream_drop
 from llm_assets.data.readers import DEFAULT_BATCH_ROWS, Source, row_groups
@@ -43,19 +41,9 @@ def stored_dataset_problems(kind: str, path: Path, batch_rows: int = DEFAULT_BAT
     parquet = pq.ParquetFile(path)
     if parquet.metadata.num_rows == 0:
         return StoredProblems(1, contract_violations(kind, pd.DataFrame()))
-    vectorised, per_value = _contract_halves(kind)
     for batch in (b for group in row_groups(parquet) for b in group.to_batches(max_chunksize=batch_rows)):
-        rows = batch.to_pylist()
-        frame = pd.DataFrame(rows, columns=batch.schema.names)
-        try:
-            failures = row_failures(vectorised, frame)  # duplicates inside the batch included
-        except Exception as e:  # table-level failures (missing column, wrong dtype)
-            failures, problems = {}, [str(e)]
-        else:
-            problems = []
-        for i, found in row_failures_of(per_value, rows).items():
-            failures.setdefault(i, []).extend(found)
-        problems += [f"source row {rows[i].get('source_row')}: {col} {text}" for i, found in failures.items() for _, col, text in found]
+        frame = pd.DataFrame(batch.to_pylist(), columns=batch.schema.names)
+        problems = contract_violations(kind, frame)  # duplicates inside the batch included
         batch_seen: set[bytes] = set()
         for row, h in zip(frame["source_row"], frame["row_hash"]):
             key = _hash_key(h)
@@ -68,18 +56,6 @@ def stored_dataset_problems(kind: str, path: Path, batch_rows: int = DEFAULT_BAT
         out.violations += len(problems)
         out.first += problems[:FIRST_VIOLATIONS - len(out.first)]
     return out
-
-
-def _contract_halves(kind: str) -> tuple[pa.DataFrameSchema, pa.DataFrameSchema]:
-    """The dataset contract as (its table-level and vectorised checks, for pandera on every row; its element-wise
-    checks, asked directly of each row and given to pandera only for the rows that fail them): the same violations as
-    ``contract_violations``, without pandera's per-row cost on a clean million-row dataset."""
-    schema = dataset_schema(kind)
-    element_wise = [n for n, c in schema.columns.items() if c.checks and all(check.element_wise for check in c.checks)]
-    vectorised = schema.update_columns({n: {"checks": []} for n in element_wise})  # nulls still fail here, once
-    per_value = pa.DataFrameSchema({n: pa.Column(None, nullable=True, checks=schema.columns[n].checks) for n in element_wise},
-                                   name=schema.name)
-    return vectorised, per_value
 
 
 def _hash_key(row_hash: Any) -> bytes:
