@@ -14,7 +14,8 @@ orders assets only inside one run, so a model never starts on the tick its datas
 It waits for the dataset's run and starts on a later tick, and only if the dataset's data version
 changed.
 
-Recipes that cannot run here. Every recipe-partitioned asset also needs ``recipe_runs_here``, a
+Recipes that cannot run here. Every recipe-partitioned asset (batch predictions too, by its recipe dimension) also
+needs ``recipe_runs_here``, a
 condition evaluated in the code server (``use_user_code_server``): it is false for a recipe with
 ``automation: manual``, one that does not load, or one whose stages would fail on this machine
 before training (``llm_assets.readiness``: a hub base model neither cached nor downloadable, GPUs
@@ -39,6 +40,7 @@ from dagster import (
     AutomationResult,
     BetaWarning,
     DefaultSensorStatus,
+    MultiPartitionsDefinition,
     StaticPartitionsDefinition,
 )
 from dagster import AutomationCondition as AC
@@ -49,6 +51,7 @@ from llm_assets.resources.hub import HubClient
 from llm_assets.resources.landing import KINDS
 from llm_assets.resources.launcher import TrainingLauncher
 
+RECIPE = "recipe"  # the dimension that names the recipe in a multi-partitioned asset's key
 # The assets of another partitions definition that other assets depend on: a run never holds both sides.
 DATASETS = AssetSelection.assets(*(f"{kind}_dataset" for kind in KINDS))
 
@@ -121,9 +124,16 @@ class RecipeRunsHere(AC[AssetKey]):
         return "the recipe's automation is on_change, it loads, and this machine can run it (hub model, GPUs)"
 
     def evaluate(self, context: AutomationContext) -> AutomationResult:
-        keys = context.partitions_def.get_partition_keys()
-        blocked = self.readiness.reasons((context.evaluation_id, context.evaluation_time), keys)
-        runnable = context.candidate_subset.compute_intersection_with_partition_keys({k for k in keys if k not in blocked})
+        partitions = context.partitions_def
+        multi = isinstance(partitions, MultiPartitionsDefinition)  # e.g. batch_predictions: drop x recipe
+        recipes = (partitions.get_partitions_def_for_dimension(RECIPE) if multi else partitions).get_partition_keys()
+        blocked = self.readiness.reasons((context.evaluation_id, context.evaluation_time), recipes)
+        if multi:
+            keys = {k for k in context.candidate_subset.expensively_compute_partition_keys()
+                    if partitions.get_partition_key_from_str(k).keys_by_dimension[RECIPE] not in blocked}
+        else:
+            keys = {k for k in recipes if k not in blocked}
+        runnable = context.candidate_subset.compute_intersection_with_partition_keys(keys)
         if not self.speaks:
             return AutomationResult(context, runnable)
         # The sensor's tick logger (what the UI shows under the tick's logs). AutomationContext.log is not it: Dagster 1.13
@@ -141,10 +151,16 @@ class RecipeRunsHere(AC[AssetKey]):
 
 def gate_recipe_assets(assets: Sequence[AssetsDefinition], recipes: StaticPartitionsDefinition, launcher: TrainingLauncher,
                        hub: HubClient) -> list[AssetsDefinition]:
-    """``assets`` with ``recipe_runs_here`` added to the automation condition of every recipe-partitioned asset. The
-    assets with no gated dependency (the first of each recipe's chain) log the reasons."""
+    """``assets`` with ``recipe_runs_here`` added to the automation condition of every recipe-partitioned asset, those
+    partitioned by recipe and another dimension too (batch predictions: drop x recipe). The assets with no gated
+    dependency (the first of each recipe's chain) log the reasons."""
     readiness = RecipeReadiness(launcher, hub)
-    gated = {s.key for a in assets if isinstance(a, AssetsDefinition) and a.partitions_def == recipes
+
+    def by_recipe(partitions) -> bool:
+        return partitions == recipes or (isinstance(partitions, MultiPartitionsDefinition) and RECIPE in partitions.partition_dimension_names
+                                         and partitions.get_partitions_def_for_dimension(RECIPE) == recipes)
+
+    gated = {s.key for a in assets if isinstance(a, AssetsDefinition) and by_recipe(a.partitions_def)
              for s in a.specs if s.automation_condition is not None}
 
     def gate(spec):

@@ -33,17 +33,18 @@ def build_definitions(resources: dict[str, object] | None = None) -> Definitions
     recipes = recipe_partitions()
     resources = {**default_resources(), **(resources or {})}
     # the release half of the graph: evaluation -> released (carded) model -> approved publishing, and batch inference
-    evaluation, release = evaluation_definitions(recipes), release_definitions(recipes)
+    evaluation, release, predictions = evaluation_definitions(recipes), release_definitions(recipes), predictions_definitions(recipes)
     # one call, so every recipe-partitioned asset with an automation condition also needs the recipe to run here
     recipe_assets = gate_recipe_assets([build_recipe_asset(recipes), *build_model_assets(recipes), *(evaluation.assets or ()),
-                                        *(release.assets or ()), *build_report_assets(recipes)], recipes, resources["launcher"], resources["hub"])
+                                        *(release.assets or ()), *build_report_assets(recipes), *(predictions.assets or ())],
+                                       recipes, resources["launcher"], resources["hub"])
     core = Definitions(
         assets=[*data_assets, *recipe_assets],
         asset_checks=[*build_gate_checks(recipes), build_fit_check(recipes), *(evaluation.asset_checks or ()), *(release.asset_checks or ())],
-        jobs=[*build_jobs(recipes), *(evaluation.jobs or ()), *(release.jobs or ())],
+        jobs=[*build_jobs(recipes), *(evaluation.jobs or ()), *(release.jobs or ()), *(predictions.jobs or ())],
         sensors=[landing_sensor, build_recipe_sensor(recipes), automation_sensor, *(evaluation.sensors or ()), *(release.sensors or ())],
         resources=resources,
     )
-    return Definitions.merge(core, predictions_definitions(recipes), maintenance_definitions())
+    return Definitions.merge(core, maintenance_definitions())
 
 defs = build_definitions()

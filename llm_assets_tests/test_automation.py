@@ -188,3 +188,13 @@ def test_switching_a_recipe_to_manual_stops_its_automation_and_changes_no_versio
     assert world.tick() == models_of("a")
     write_recipe(world.recipes_dir, "b", sft={"method": "lora"})  # back to on_change: the drop it missed retrains it
     assert world.tick() == models_of("b")
+
+
+def test_batch_predictions_wait_for_recipes_that_run_here(world):
+    """batch_predictions is partitioned by drop x recipe: a landed prompt file requests the predictions of the recipes
+    automation may start, never of a manual one (its model may never be trained: the run would fail at launch)."""
+    write_recipe(world.recipes_dir, "b", sft={"method": "lora"}, automation="manual")
+    world.land("inference", "i1")
+    assert world.tick() == {("batch_predictions", "i1|a")}
+    write_recipe(world.recipes_dir, "b", sft={"method": "lora"})  # on_change again: its predictions catch up
+    assert world.tick() == {("batch_predictions", "i1|b")}
