@@ -31,7 +31,7 @@ from llm_assets.objects import put_if
 from llm_assets.paths import worker_cache_dir
 
 KEEP = 2  # complete checkpoints kept in the store (the Trainer's save_total_limit)
-RUN_FILES = ("training_args.bin",)  # the Trainer's pickled arguments: a record of the run, never read on resume
+RUN_FILES = ("training_args.bin",)  # the Trainer's pickled arguments: a record of the run, never read on resume nor part of a model
 LEASE_SECONDS = 60.0  # an S3 lease whose holder died counts this long after its last renewal
 WAIT_ENV = "LLM_ASSETS_CHECKPOINT_LOCK_WAIT_S"  # how long a worker waits for another holding its fingerprint
 WAIT_SECONDS = LEASE_SECONDS + 30  # default: a killed holder's lease runs out within it

@@ -22,7 +22,7 @@ from llm_assets.artifacts import Store, open_store
 from llm_assets.paths import worker_cache_dir
 from llm_assets.tokens_cache import TOKENS_FILE
 from llm_assets.training.models import ADAPTER_CONFIG, adapter_base, is_adapter
-from llm_assets.training.checkpoints import checkpoint_lock
+from llm_assets.training.checkpoints import RUN_FILES, checkpoint_lock
 from llm_assets.training.order import WorkOrder
 from llm_assets.training.curves import curves_path, render
 from llm_assets.training.report import Reporter
@@ -30,7 +30,6 @@ from llm_assets.training.spec import StageSpec
 from llm_assets.training.tracking import log_final_metrics
 
 REF_SCHEME = "llm-assets://"  # an adapter names its base as llm-assets://<key>@<version>, never as a path
-RUN_FILES = ("training_args.bin",)  # written by Trainer.save_model beside the weights: this run's arguments, not the model
 
 
 def run_stage(stage: str, spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
