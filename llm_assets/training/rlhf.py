@@ -37,7 +37,7 @@ from llm_assets.training.models import is_adapter, load_causal_lm, load_reward_m
 from llm_assets.training.report import LogCallback, Reporter
 from llm_assets.training.sft import load_for_training
 from llm_assets.training.spec import StageSpec
-from llm_assets.training.tokens import LENGTH_GROUPED, cached_pairs, preference_tokens, trainable_pairs
+from llm_assets.training.tokens import LENGTH_GROUPED, cached_pairs, preference_tokens, trainable_pairs, with_lengths
 
 
 class PretokenizedDPOTrainer(DPOTrainer):
@@ -148,7 +148,7 @@ def run(spec: StageSpec, reporter: Reporter) -> dict[str, Any]:
             args = DPOConfig(**trainer_args(g, spec, hw, evaluates=bool(eval_pairs), include_num_input_tokens_seen="no"),
                              beta=g.beta, max_length=recipe.data.max_length, **LENGTH_GROUPED)
             trainer = PretokenizedDPOTrainer(model=policy, args=args, train_dataset=pairs, processing_class=tok,
-                                             eval_dataset=Dataset.from_list(eval_pairs) if eval_pairs else None,
+                                             eval_dataset=with_lengths(Dataset.from_list(eval_pairs)) if eval_pairs else None,
                                              peft_config=peft, callbacks=[callback])
         else:
             Config, Trainer = (RLOOConfig, RLOOTrainer) if g.algorithm == "rloo" else (GRPOConfig, GRPOTrainer)

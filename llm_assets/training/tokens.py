@@ -210,6 +210,7 @@ def cached_pairs(spec, rows: list[dict[str, Any]], tok, template: str, max_lengt
 
 
 def with_lengths(pairs: Dataset) -> Dataset:
+    """Pairs with their ``length`` column (the Trainer's length-grouped sampler orders held-out batches by it too)."""
     lengths = [len(p) + max(len(c), len(r)) for p, c, r in zip(pairs["prompt_ids"], pairs["chosen_ids"], pairs["rejected_ids"])]
     return pairs.add_column("length", lengths)
 
