@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llm_assets.data.formats import CANONICAL
-from llm_assets.data.pipeline import DUPLICATE_COLUMNS, QUARANTINE_COLUMNS
+from llm_assets.data.pipeline import DUPLICATE_COLUMNS
 
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 BASE = [("source_row", pa.int64()), ("row_hash", pa.string()), ("split", pa.string()), ("meta", pa.string())]
@@ -26,10 +26,6 @@ def dataset_arrow_schema(kind: str) -> pa.Schema:
 def write_dataset(df: pd.DataFrame, path: Path, kind: str) -> None:
     schema = dataset_arrow_schema(kind)
     pq.write_table(pa.Table.from_pylist(df[schema.names].to_dict("records"), schema=schema), path)
-
-
-def write_quarantine(df: pd.DataFrame, path: Path) -> None:
-    pq.write_table(pa.Table.from_pylist(df[QUARANTINE_COLUMNS].to_dict("records"), schema=QUARANTINE), path)
 
 
 def write_duplicates(df: pd.DataFrame, path: Path) -> None:
