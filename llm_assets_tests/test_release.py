@@ -21,7 +21,7 @@ from llm_assets.release.approval import approve_command
 from llm_assets.resources import default_resources
 from llm_assets.resources.store import ArtifactStore
 from llm_assets.training.builtin import build_tiny
-from llm_assets_tests.helpers import HUB_REV, write_recipe
+from llm_assets_tests.helpers import HUB_REV, land_demo_drops, write_recipe
 from llm_assets_tests.hub_standin import HubStandIn
 
 ARCH = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2, "vocab_size": 300}
@@ -266,21 +266,14 @@ def test_end_to_end_evaluation_release_approval_and_publishing(project_env, monk
     evaluation stops released_model in that run."""
     from dagster import AssetSelection, Definitions, define_asset_job
 
-    from llm_assets.demo import register_drops
-    from llm_assets.demo_data import write_demo_drops
     from llm_assets.stages import MODEL_ASSETS
 
     recipes = project_env / "recipes"
     write_recipe(recipes, cpt=None, reward=None, rlhf=None, evaluation={"limit": 8},
                  release={"target": "s3", "registry": str(project_env / "registry"), "license": "mit"})
     monkeypatch.setenv("LLM_ASSETS_RECIPES_DIR", str(recipes))
-    write_demo_drops(project_env / "data" / "landing", scale=0.1)
-    instance = DagsterInstance.get()
-    drops = register_drops(instance, default_resources()["landing"].open())
-    defs = definitions()
-    for kind, keys in drops.items():
-        for key in keys:
-            assert defs.resolve_job_def(f"{kind}_data_prep_job").execute_in_process(partition_key=key, instance=instance).success
+    instance, defs = DagsterInstance.get(), definitions()
+    land_demo_drops(project_env / "data" / "landing", defs, instance, kinds=("pretraining", "sft", "preference"))
     job = define_asset_job("released", selection=AssetSelection.assets(*MODEL_ASSETS, "evaluation", "released_model"),
                            partitions_def=defs.resolve_assets_def("released_model").partitions_def)
     defs = Definitions.merge(defs, Definitions(jobs=[job]))
