@@ -16,7 +16,7 @@ import psutil
 import pytest
 from dagster import AssetKey, DagsterInstance
 
-from llm_assets_tests.helpers import write_recipe
+from llm_assets_tests.helpers import land_demo_drops, write_recipe
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -43,21 +43,13 @@ def materialize_demo(root: Path, models: list[str], scale: float = 0.1, **recipe
     """Land the demo drops (``scale``), validate every drop and materialize ``models`` of recipe 'tiny' (the micro
     recipe, ``automation: manual`` so the daemon starts nothing by itself), in this process and the env of ``ui_env``."""
     from llm_assets.definitions import build_definitions
-    from llm_assets.demo import register_drops
-    from llm_assets.demo_data import write_demo_drops
-    from llm_assets.resources import default_resources
 
     home = root / "dagster_home"
     home.mkdir(parents=True)
     shutil.copy(PROJECT / "configs" / "dagster.yaml", home / "dagster.yaml")
     write_recipe(root / "recipes", automation="manual", **recipe_changes)
-    write_demo_drops(root / "data" / "landing", scale=scale)
-    instance = DagsterInstance.get()
-    drops = register_drops(instance, default_resources()["landing"].open())
-    defs = build_definitions()
-    for kind, keys in drops.items():
-        for key in keys:
-            assert defs.resolve_job_def(f"{kind}_data_prep_job").execute_in_process(partition_key=key, instance=instance).success
+    instance, defs = DagsterInstance.get(), build_definitions()
+    land_demo_drops(root / "data" / "landing", defs, instance, scale=scale)
     if models:
         job = defs.resolve_job_def("full_pipeline_job").get_subset(asset_selection={AssetKey(m) for m in models})
         assert job.execute_in_process(partition_key="tiny", instance=instance).success
