@@ -2,32 +2,51 @@
 
 import hashlib
 import json
+import shutil
 
 import pytest
 from dagster import AssetKey, DagsterInstance
 
 from llm_assets.demo import register_drops
-from llm_assets.demo_data import write_demo_drops
 from llm_assets.resources import default_resources
-from llm_assets_tests.helpers import HUB_REV, write_recipe
+from llm_assets_tests.conftest import PROJECT
+from llm_assets_tests.helpers import HUB_REV, land_demo_drops, write_recipe
+
+
+@pytest.fixture(scope="module")
+def validated(tmp_path_factory):
+    """The demo drops landed and validated through Dagster once for the module: an instance (DAGSTER_HOME) and a data
+    directory (landing zone and store) that each test starts from a copy of, so no test sees another's runs."""
+    root = tmp_path_factory.mktemp("validated")
+    with pytest.MonkeyPatch.context() as mp:
+        (root / "dagster_home").mkdir()
+        (root / "dagster_home" / "dagster.yaml").write_text((PROJECT / "configs" / "dagster.yaml").read_text())
+        for var, value in {"DAGSTER_HOME": root / "dagster_home", "LLM_ASSETS_DATA_DIR": root / "data",
+                           "LLM_ASSETS_RECIPES_DIR": root / "recipes"}.items():
+            mp.setenv(var, str(value))
+        for var in ("LLM_ASSETS_LANDING", "LLM_ASSETS_STORE"):
+            mp.delenv(var, raising=False)
+        write_recipe(root / "recipes")
+        from llm_assets.definitions import build_definitions
+
+        with DagsterInstance.get() as instance:
+            land_demo_drops(root / "data" / "landing", build_definitions(), instance, scale=0.1)
+    return root
 
 
 @pytest.fixture
-def graph(project_env, monkeypatch):
-    """Demo drops landed and validated, a micro 'tiny' recipe, and Definitions built on them."""
+def graph(project_env, validated, monkeypatch):
+    """Demo drops landed and validated (this test's own copy of them), a micro 'tiny' recipe, and Definitions built on them."""
+    shutil.copytree(validated / "dagster_home", project_env / "dagster_home", dirs_exist_ok=True)
+    shutil.copytree(validated / "data", project_env / "data")
     recipes = project_env / "recipes"
     write_recipe(recipes)
     monkeypatch.setenv("LLM_ASSETS_RECIPES_DIR", str(recipes))
-    write_demo_drops(project_env / "data" / "landing", scale=0.1)
     from llm_assets.definitions import build_definitions
 
     instance = DagsterInstance.get()
-    drops = register_drops(instance, default_resources()["landing"].open())
-    defs = build_definitions()
-    for kind, keys in drops.items():
-        for key in keys:
-            assert defs.resolve_job_def(f"{kind}_data_prep_job").execute_in_process(partition_key=key, instance=instance).success
-    return defs, instance, recipes
+    assert len(instance.get_dynamic_partitions("sft_drops")) == 2  # the copy holds the validated drops
+    return build_definitions(), instance, recipes
 
 
 def materialize_recipe(defs, instance, recipe="tiny", selection=None):
@@ -199,7 +218,11 @@ def test_a_gate_threshold_edit_reruns_the_check_and_trains_nothing(graph, monkey
 
 
 def test_forced_retrain_with_the_same_seed_gives_the_same_version(graph):
-    defs, instance, _ = graph
+    defs, instance, recipes = graph
+    write_recipe(recipes, cpt=None)  # SFT straight on the base model: CPT is not what this test is about
+    from llm_assets.definitions import build_definitions
+
+    defs = build_definitions()
     assert materialize_recipe(defs, instance, selection=["base_model", "cpt_model", "sft_model"]).success
     before = meta(instance, "sft_model")
     job = defs.resolve_job_def("full_pipeline_job").get_subset(asset_selection={AssetKey("sft_model")})
@@ -217,15 +240,17 @@ def test_forced_retrain_with_the_same_seed_gives_the_same_version(graph):
 
 
 def test_a_drop_of_rows_already_trained_on_retrains_nothing(graph, project_env):
-    defs, instance, _ = graph
+    defs, instance, recipes = graph
+    write_recipe(recipes, cpt=None)  # SFT straight on the base model: CPT is not what this test is about
+    from llm_assets.definitions import build_definitions
+
+    defs = build_definitions()
     assert materialize_recipe(defs, instance, selection=["base_model", "cpt_model", "sft_model"]).success
     first = meta(instance, "sft_model")
     landing = project_env / "data" / "landing" / "sft"
     lines = next(landing.glob("demo_word_tasks*.jsonl")).read_text().splitlines()
     (landing / "repeat.jsonl").write_text("\n".join(reversed(lines[:40])) + "\n")  # other order, every row seen before
     drops = register_drops(instance, default_resources()["landing"].open())
-    from llm_assets.definitions import build_definitions
-
     defs = build_definitions()
     assert defs.resolve_job_def("sft_data_prep_job").execute_in_process(partition_key=drops["sft"][-1], instance=instance).success
     assert materialize_recipe(defs, instance, selection=["sft_model"]).success
@@ -240,7 +265,8 @@ def test_each_recipe_decides_which_drops_it_trains_on(graph, project_env):
             "epsilon", "zeta", "eta", "theta", "iota", "kappa"] * 2)]
     (project_env / "data" / "landing" / "sft" / "tenth_bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     drops = register_drops(instance, default_resources()["landing"].open())
-    write_recipe(recipes, "tolerant", data={"max_reject_rate": 0.2})
+    write_recipe(recipes, cpt=None)  # which drops SFT trains on: CPT is not what this test is about
+    write_recipe(recipes, "tolerant", cpt=None, data={"max_reject_rate": 0.2})
     from llm_assets.definitions import build_definitions
 
     defs = build_definitions()
@@ -255,7 +281,7 @@ def test_each_recipe_decides_which_drops_it_trains_on(graph, project_env):
 
 def test_a_stage_the_recipe_leaves_out_shows_its_gate_skipped(graph):
     defs, instance, recipes = graph
-    write_recipe(recipes, "noreward", reward=None, rlhf={"algorithm": "dpo"})
+    write_recipe(recipes, "noreward", cpt=None, reward=None, rlhf={"algorithm": "dpo"})
     from llm_assets.definitions import build_definitions
 
     defs = build_definitions()
