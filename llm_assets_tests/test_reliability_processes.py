@@ -16,11 +16,9 @@ import torch
 from dagster import AssetKey, DagsterInstance
 
 from llm_assets.artifacts import Store, open_store
-from llm_assets.demo import register_drops
-from llm_assets.demo_data import write_demo_drops
 from llm_assets.resources import default_resources
 from llm_assets.training.checkpoints import CheckpointBusy, checkpoint_lock
-from llm_assets_tests.helpers import write_recipe
+from llm_assets_tests.helpers import land_demo_drops, write_recipe
 
 KEY = "checkpoints/models/sft/tiny/fp0"
 HOLD = """
@@ -86,17 +84,13 @@ job.execute_in_process(partition_key="tiny", instance=DagsterInstance.get(), rai
 
 def test_kill_9_of_the_step_process_leaves_no_training_worker(project_env, monkeypatch):
     recipes = project_env / "recipes"
-    write_recipe(recipes, sft={"max_steps": 2000, "save_steps": 2, "logging_steps": 50})
+    # no CPT: SFT starts from the base model, and the only checkpoints stored are the killed SFT worker's
+    write_recipe(recipes, cpt=None, sft={"max_steps": 2000, "save_steps": 2, "logging_steps": 50})
     monkeypatch.setenv("LLM_ASSETS_RECIPES_DIR", str(recipes))
-    write_demo_drops(project_env / "data" / "landing", scale=0.1)
     from llm_assets.definitions import build_definitions
 
-    instance = DagsterInstance.get()
-    drops = register_drops(instance, default_resources()["landing"].open())
-    defs = build_definitions()
-    for kind, keys in drops.items():
-        for key in keys:
-            assert defs.resolve_job_def(f"{kind}_data_prep_job").execute_in_process(partition_key=key, instance=instance).success
+    instance, defs = DagsterInstance.get(), build_definitions()
+    land_demo_drops(project_env / "data" / "landing", defs, instance, kinds=("pretraining", "sft", "preference"))
     job = defs.resolve_job_def("full_pipeline_job").get_subset(asset_selection={AssetKey("base_model"), AssetKey("cpt_model")})
     assert job.execute_in_process(partition_key="tiny", instance=instance).success
 
