@@ -19,10 +19,8 @@ from dagster._core.definitions.selector import JobSubsetSelector
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
-from llm_assets.demo import register_drops
-from llm_assets.demo_data import write_demo_drops
 from llm_assets.resources import default_resources
-from llm_assets_tests.helpers import write_recipe
+from llm_assets_tests.helpers import land_demo_drops, write_recipe
 
 PROJECT = Path(__file__).resolve().parent.parent
 POLL_S = 2  # the shipped 20 s, lowered so the test is quick; everything else is the shipped config
@@ -31,23 +29,19 @@ SLACK_S = 30  # a code server noticing its dead child, the daemon's loop start, 
 
 @pytest.fixture
 def prepared(project_env, monkeypatch):
-    """Drops validated, base and CPT trained in this process for two recipes; the shipped config with a 2 s poll."""
+    """Drops validated, the base model trained in this process for two recipes that skip CPT (what the SFT runs start
+    from; CPT adds nothing to what is killed); the shipped config with a 2 s poll."""
     config = yaml.safe_load((PROJECT / "configs" / "dagster.yaml").read_text())
     config["run_monitoring"].update(poll_interval_seconds=POLL_S, free_slots_after_run_end_seconds=POLL_S)
     (project_env / "dagster_home" / "dagster.yaml").write_text(yaml.safe_dump(config))
     recipes = project_env / "recipes"
-    write_recipe(recipes, "killed", sft={"max_steps": 400, "save_steps": 50})  # long enough to be killed mid-way
-    write_recipe(recipes, "later")
+    write_recipe(recipes, "killed", cpt=None, sft={"max_steps": 400, "save_steps": 50})  # long enough to be killed mid-way
+    write_recipe(recipes, "later", cpt=None)
     monkeypatch.setenv("LLM_ASSETS_RECIPES_DIR", str(recipes))
-    write_demo_drops(project_env / "data" / "landing", scale=0.1)
     from llm_assets.definitions import build_definitions
 
-    instance = DagsterInstance.get()
-    drops = register_drops(instance, default_resources()["landing"].open())
-    defs = build_definitions()
-    for kind, keys in drops.items():
-        for key in keys:
-            assert defs.resolve_job_def(f"{kind}_data_prep_job").execute_in_process(partition_key=key, instance=instance).success
+    instance, defs = DagsterInstance.get(), build_definitions()
+    land_demo_drops(project_env / "data" / "landing", defs, instance, kinds=("pretraining", "sft", "preference"))
     job = defs.resolve_job_def("full_pipeline_job").get_subset(asset_selection={AssetKey("base_model"), AssetKey("cpt_model")})
     for recipe in ("killed", "later"):
         assert job.execute_in_process(partition_key=recipe, instance=instance).success
