@@ -11,11 +11,10 @@ import pytest
 from dagster import AssetKey, DagsterInstance, MultiPartitionKey, evaluate_automation_conditions
 
 from llm_assets.demo import register_drops
-from llm_assets.demo_data import write_demo_drops
 from llm_assets.resources import default_resources
 from llm_assets.stages import MODEL_ASSETS
 from llm_assets_tests.conftest import PROJECT
-from llm_assets_tests.helpers import write_recipe
+from llm_assets_tests.helpers import land_demo_drops, validate_landed_drops, write_recipe
 
 GENERATION = {"max_new_tokens": 6, "batch_size": 8}
 # a (4-bit quantized) and b (no quantization: its served model is the SFT model) train base and SFT only
@@ -97,15 +96,12 @@ def graph(tmp_path_factory):
             mp.delenv(var, raising=False)
         write_recipe(root / "recipes", "a", **FAST)
         write_recipe(root / "recipes", "b", **FAST, quantization=None)
-        write_demo_drops(root / "data" / "landing", scale=0.05)
         g = Graph(root, root / "recipes")
-        drops = register_drops(g.instance, g.landing)
-        for kind in ("pretraining", "sft", "preference"):
-            g.prepare(kind, drops[kind])
+        land_demo_drops(root / "data" / "landing", g.defs, g.instance, scale=0.05, kinds=("pretraining", "sft", "preference"))
         g.train("a")
         g.train("b")
         assert g.tick() == set()  # the prompts are not validated yet: nothing to reply to
-        g.prepare("inference", drops["inference"])  # the demo prompts
+        validate_landed_drops(g.defs, g.instance, kinds=("inference",))  # the demo prompts
         g.land("requests.jsonl", jsonl(REQUESTS))
         g.first = g.tick()
         g.first_metadata = g.predict(g.first)
@@ -151,6 +147,20 @@ def test_a_bad_prompt_row_is_quarantined_with_its_row_number_and_a_repeat_gets_i
     assert "row 5: field 'prompt' ends with a 'assistant' message" in quarantine[1]["detail"]
 
 
+def test_a_retrained_model_reruns_its_own_predictions_only(graph):
+    # before the third drop lands: two drops to re-run, not three (the tests share one graph and run in file order)
+    drops = set(graph.instance.get_dynamic_partitions("inference_drops"))
+    old = {d: graph.store.latest_version(f"predictions/b/{d}") for d in drops}
+    write_recipe(graph.recipes, "b", **FAST, quantization=None, sft={"learning_rate": 5e-4})
+    graph.train("b")  # observes the edited recipe and retrains b's SFT model, its served model
+    requested = graph.tick()
+    assert requested == {(d, "b") for d in drops}
+    meta = graph.predict(requested)
+    assert all(m["model_version"] == graph.store.latest_version("models/sft/b") for m in meta.values())
+    assert all(graph.store.latest_version(f"predictions/b/{d}") != old[d] for d in drops)
+    assert graph.tick() == set()
+
+
 def test_landing_a_third_drop_runs_only_its_two_partitions(graph):
     graph.land("later.jsonl", jsonl([{"prompt": "Reverse the words: fig tea"}, {"prompt": "Count the words: map key jam"}]))
     requested = graph.tick()
@@ -164,17 +174,4 @@ def test_unchanged_inputs_reuse_the_predictions(graph):
     before = graph.store.latest_version("predictions/a/requests.jsonl")
     meta = graph.predict({("requests.jsonl", "a")})[("requests.jsonl", "a")]
     assert meta["reused"] is True and graph.store.latest_version("predictions/a/requests.jsonl") == before
-    assert graph.tick() == set()
-
-
-def test_a_retrained_model_reruns_its_own_predictions_only(graph):
-    drops = set(graph.instance.get_dynamic_partitions("inference_drops"))
-    old = {d: graph.store.latest_version(f"predictions/b/{d}") for d in drops}
-    write_recipe(graph.recipes, "b", **FAST, quantization=None, sft={"learning_rate": 5e-4})
-    graph.train("b")  # observes the edited recipe and retrains b's SFT model, its served model
-    requested = graph.tick()
-    assert requested == {(d, "b") for d in drops}
-    meta = graph.predict(requested)
-    assert all(m["model_version"] == graph.store.latest_version("models/sft/b") for m in meta.values())
-    assert all(graph.store.latest_version(f"predictions/b/{d}") != old[d] for d in drops)
     assert graph.tick() == set()
