@@ -15,7 +15,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 
 from llm_assets.training.tracking import check_environment
-from llm_assets_tests.helpers import write_recipe
+from llm_assets_tests.helpers import land_demo_drops, write_recipe
 
 
 def free_port() -> int:
@@ -66,20 +66,14 @@ def test_a_stage_run_is_tracked_in_mlflow_and_its_asset_links_to_the_run(project
     from mlflow.tracking import MlflowClient
 
     from llm_assets.definitions import build_definitions
-    from llm_assets.demo import register_drops
-    from llm_assets.demo_data import write_demo_drops
     from llm_assets.resources import default_resources
 
     recipes = project_env / "recipes"
     write_recipe(recipes, tracking={"report_to": ["mlflow"]})
     monkeypatch.setenv("LLM_ASSETS_RECIPES_DIR", str(recipes))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # the worker's environment, not the work order
-    write_demo_drops(project_env / "data" / "landing", scale=0.1)
-    instance = DagsterInstance.get()
-    defs = build_definitions()
-    for kind, keys in register_drops(instance, default_resources()["landing"].open()).items():
-        for key in keys:
-            assert defs.resolve_job_def(f"{kind}_data_prep_job").execute_in_process(partition_key=key, instance=instance).success
+    instance, defs = DagsterInstance.get(), build_definitions()
+    land_demo_drops(project_env / "data" / "landing", defs, instance)
     job = defs.resolve_job_def("full_pipeline_job").get_subset(asset_selection={AssetKey("base_model"), AssetKey("cpt_model")})
     assert job.execute_in_process(partition_key="tiny", instance=instance).success
 
