@@ -285,10 +285,12 @@ def test_a_stage_the_recipe_leaves_out_shows_its_gate_skipped(graph):
     from llm_assets.definitions import build_definitions
 
     defs = build_definitions()
-    result = materialize_recipe(defs, instance, "noreward", ["base_model", "cpt_model", "sft_model", "reward_model"])
+    result = materialize_recipe(defs, instance, "noreward", ["base_model", "cpt_model", "sft_model", "reward_model", "rlhf_policy"])
     assert result.success
     gates = {c.check_name for c in result.get_asset_check_evaluations()}
     assert "sft_beats_parent" in gates and "reward_accuracy_above_threshold" not in gates  # planned, not evaluated
+    dpo = meta(instance, "rlhf_policy", "noreward")  # DPO, with no reward model, trains on pairs from the tokenization cache
+    assert dpo["algorithm"] == "dpo" and dpo["tokenization"] == "computed" and dpo["tokens_cache"].startswith("cache/tokens/rlhf/")
     from dagster import AssetCheckKey
 
     key = AssetCheckKey(AssetKey("reward_model"), "reward_accuracy_above_threshold")
