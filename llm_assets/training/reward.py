@@ -33,7 +33,7 @@ from llm_assets.training.models import is_adapter, load_causal_lm, load_reward_m
 from llm_assets.training.report import LogCallback, Reporter
 from llm_assets.training.sft import load_for_training
 from llm_assets.training.spec import StageSpec
-from llm_assets.training.tokens import LENGTH_GROUPED, cached_pairs, preference_tokens, trainable_pairs
+from llm_assets.training.tokens import LENGTH_GROUPED, cached_pairs, preference_tokens, trainable_pairs, with_lengths
 
 
 def pair_dataset(spec: StageSpec, rows, tok, template: str, max_length: int,
@@ -41,20 +41,19 @@ def pair_dataset(spec: StageSpec, rows, tok, template: str, max_length: int,
     """Whole sequences (prompt + reply) per side, as RewardTrainer takes pre-tokenized pairs, the fit counts and how the
     pairs were tokenized (from the cache or here)."""
     pairs, counts, tokenization = cached_pairs(spec, rows, tok, template, max_length, reporter)
-    return as_sequences(pairs.to_list()), counts, tokenization
+    return as_sequences(pairs), counts, tokenization
 
 
 def held_out_pairs(rows, tok, template: str, max_length: int) -> Dataset | None:
     """The held-out pairs encoded as training encodes them, for the eval loss and accuracy curves; None when none fits."""
     pairs = trainable_pairs(preference_tokens(rows, tok, template, max_length)[0])
-    return as_sequences(pairs) if pairs else None
+    return as_sequences(with_lengths(Dataset.from_list(pairs))) if pairs else None
 
 
-def as_sequences(pairs: list[dict[str, list[int]]]) -> Dataset:
-    """``length``: the longer side, what the length-grouped sampler sorts on."""
+def as_sequences(pairs: Dataset) -> Dataset:
+    """Each side as one sequence (prompt + reply), keeping the pairs' ``length`` (``tokens.with_lengths``)."""
     return Dataset.from_list([{"chosen_ids": p["prompt_ids"] + p["chosen_ids"], "rejected_ids": p["prompt_ids"] + p["rejected_ids"],
-                               "length": len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"]))}
-                              for p in pairs])
+                               "length": p["length"]} for p in pairs])
 
 
 def scored_samples(rm, tok, rows, template: str, max_length: int, n: int = SAMPLES) -> list[dict[str, Any]]:
