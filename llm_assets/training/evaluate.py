@@ -150,15 +150,20 @@ T0_DATASETS = ("ag_news", "amazon_polarity", "dbpedia_14", "trec", "common_gen",
 CLASSIFICATION = ("ag_news", "amazon_polarity", "dbpedia_14", "trec")  # short label answers: a majority class exists
 
 
-def row_task(row: dict[str, Any]) -> str | None:
-    """The ``task`` a row's extra fields name (the dataset keeps them as JSON in ``meta``), or None."""
+def row_meta(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's extra fields (the dataset keeps them as JSON in ``meta``); empty when there are none."""
     meta = row.get("meta")
     if isinstance(meta, str):
         try:
             meta = json.loads(meta)
         except ValueError:
-            return None
-    task = meta.get("task") if isinstance(meta, dict) else None
+            return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def row_task(row: dict[str, Any]) -> str | None:
+    """The ``task`` a row's extra fields name, or None."""
+    task = row_meta(row).get("task")
     return task if isinstance(task, str) and task else None
 
 

@@ -10,7 +10,6 @@ often its implicit reward prefers the chosen reply, and the mean margin. The rlh
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from datasets import Dataset
@@ -31,7 +30,7 @@ from llm_assets.training.common import (
 )
 from llm_assets.training.data import load_rows, prompt_dataset
 from llm_assets.demo_gold import GOLD_FUNCTIONS
-from llm_assets.training.evaluate import SAMPLES, exact_match, generate, kl_to_reference, reply_logprobs, reward_scores
+from llm_assets.training.evaluate import SAMPLES, exact_match, generate, kl_to_reference, reply_logprobs, reward_scores, row_meta
 from llm_assets.training.hardware import free_device_memory
 from llm_assets.training.models import is_adapter, load_causal_lm, load_reward_model, load_tokenizer, whole_model_dir
 from llm_assets.training.report import LogCallback, Reporter
@@ -93,8 +92,7 @@ def gold_measures(rows, policy_replies: list[str], sft_replies: list[str]) -> di
     (real data has no gold function)."""
     ours, theirs = [], []
     for row, a, b in zip(rows, policy_replies, sft_replies):
-        meta = row.get("meta") or {}
-        score = GOLD_FUNCTIONS.get((json.loads(meta) if isinstance(meta, str) else meta).get("gold"))
+        score = GOLD_FUNCTIONS.get(row_meta(row).get("gold"))
         prompt = row["prompt"][-1]["content"]
         if score is not None and score(prompt, a) is not None:
             ours.append(score(prompt, a))
