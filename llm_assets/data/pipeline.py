@@ -43,40 +43,26 @@ META_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)
 
 @dataclass
 class DropResult:
-    kind: str
-    format: Format
+    """A validated drop held in memory (``validate_drop``): its three tables, and the counts the stream made of them."""
+
+    tally: "DropTally"
     dataset: pd.DataFrame
     quarantine: pd.DataFrame
-    rows_in: int
-    blank_lines: int
-    columns_seen: list[str]
-    pii_counts: Counter = field(default_factory=Counter)
-    duplicates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DUPLICATE_COLUMNS))
+    duplicates: pd.DataFrame
 
-    @property
-    def rows_kept(self) -> int:
-        return len(self.dataset)
-
-    @property
-    def rows_quarantined(self) -> int:
-        return len(self.quarantine)
-
-    @property
-    def rows_duplicate(self) -> int:
-        return len(self.duplicates)
-
-    @property
-    def reject_rate(self) -> float:
-        """Quarantined rows over rows in; exact duplicates are not rejects."""
-        return self.rows_quarantined / self.rows_in if self.rows_in else 0.0
+    kind = property(lambda self: self.tally.kind)
+    format = property(lambda self: self.tally.format)
+    rows_in = property(lambda self: self.tally.rows_in)
+    blank_lines = property(lambda self: self.tally.blank_lines)
+    columns_seen = property(lambda self: self.tally.columns_seen)
+    pii_counts = property(lambda self: self.tally.pii_counts)
+    rows_kept = property(lambda self: len(self.dataset))
+    rows_quarantined = property(lambda self: len(self.quarantine))
+    rows_duplicate = property(lambda self: len(self.duplicates))
+    reject_rate = property(lambda self: self.tally.reject_rate)
 
     def reasons(self) -> pd.DataFrame:
-        """Quarantine counts per (reason, field), most frequent first, with one example each."""
-        if self.quarantine.empty:
-            return pd.DataFrame(columns=["reason", "field", "rows", "example"])
-        g = self.quarantine.groupby(["reason", "field"], dropna=False)
-        out = g.agg(rows=("source_row", "size"), example=("detail", "first")).reset_index()
-        return out.sort_values(["rows", "reason"], ascending=[False, True]).reset_index(drop=True)
+        return self.tally.reasons()
 
 
 def _content_digest(row: dict[str, Any], kind: str) -> bytes:
@@ -340,8 +326,7 @@ def validate_drop(
     dataset = pd.DataFrame(out.kept, columns=columns).astype({"source_row": "int64"})
     quarantine = pd.DataFrame(out.quarantined, columns=QUARANTINE_COLUMNS).astype({"source_row": "int64"})
     dup_table = pd.DataFrame(out.duplicates, columns=DUPLICATE_COLUMNS).astype("int64")
-    return DropResult(kind, tally.format, dataset, quarantine, tally.rows_in, tally.blank_lines, tally.columns_seen,
-                      tally.pii_counts, dup_table)
+    return DropResult(tally, dataset, quarantine, dup_table)
 
 
 def contract_violations(kind: str, dataset: pd.DataFrame) -> list[str]:
