@@ -41,6 +41,9 @@ def test_a_cpu_keeps_fp32_sdpa_row_wise_packing_and_no_gpu_kernels():
     native = Machine(cuda=False, bf16=True)
     assert (decide(Request(), native).dtype, decide(Request(), native).autocast) == ("float32", "bfloat16")
     assert decide(Request(deepspeed=True), native).autocast == "none"  # DeepSpeed casts the weights itself
+    narrow = decide(Request(hidden_size=128), native)  # the tiny recipe: casts cost more than bf16 matmuls gain
+    assert narrow.autocast == "none" and narrow.choices[0] == "dtype float32: hidden size 128: matmuls too small for bf16 casts to pay"
+    assert decide(Request(hidden_size=256), native).autocast == "bfloat16"
 
 
 def test_a_gpu_with_every_package_takes_the_whole_fast_path_and_says_why():

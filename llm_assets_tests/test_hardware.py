@@ -1,5 +1,6 @@
 import os
 import sys
+import time
 
 import pytest
 import torch
@@ -7,8 +8,9 @@ from dagster import AssetExecutionContext, MaterializeResult, asset, materialize
 
 from llm_assets.recipes import Recipe
 from llm_assets.resources.launcher import TrainingLauncher, child_env, run_pipes_process
+from llm_assets.training import hardware
 from llm_assets.training.common import hardware_for, trainer_args
-from llm_assets.training.hardware import choose, cpu_cores, cpu_has_native_bf16, training_thread_env
+from llm_assets.training.hardware import choose, cpu_cores, cpu_has_native_bf16, idle_cores, training_thread_env
 from llm_assets.training.spec import StageSpec
 
 
@@ -57,12 +59,25 @@ def test_thread_count_follows_omp_num_threads_when_set(monkeypatch):
     assert choose().threads == cpu_cores()
 
 
-def test_training_thread_env_waits_passively_on_every_core_shared_by_processes():
+def test_training_thread_env_spins_briefly_on_free_cores_and_waits_passively_beside_busy_ones():
     cores = len(os.sched_getaffinity(0))
-    assert training_thread_env(environ={}) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(cores)}
-    assert training_thread_env(2, environ={})["OMP_NUM_THREADS"] == str(max(1, cores // 2))
-    assert training_thread_env(4 * cores, environ={})["OMP_NUM_THREADS"] == "1"
-    assert training_thread_env(environ={"OMP_WAIT_POLICY": "ACTIVE"}) == {"OMP_NUM_THREADS": str(cores)}  # the user's wins
+    free, busy = (lambda: float(os.cpu_count())), (lambda: os.cpu_count() - 1.0)
+    assert training_thread_env(environ={}, idle_now=free) == {"GOMP_SPINCOUNT": "10000", "OMP_NUM_THREADS": str(cores)}
+    assert training_thread_env(environ={}, idle_now=busy) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(cores)}
+    assert training_thread_env(environ={}, idle_now=lambda: None)["OMP_WAIT_POLICY"] == "PASSIVE"  # unknown: the safe one
+    assert training_thread_env(2, environ={}, idle_now=free)["OMP_NUM_THREADS"] == str(max(1, cores // 2))
+    assert training_thread_env(4 * cores, environ={}, idle_now=free)["OMP_NUM_THREADS"] == "1"
+    for users in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "0"}):  # the user's wait setting wins, both ways
+        assert training_thread_env(environ=users, idle_now=free) == {"OMP_NUM_THREADS": str(cores)}
+        assert training_thread_env(environ=users, idle_now=busy) == {"OMP_NUM_THREADS": str(cores)}
+
+
+def test_idle_cores_sees_a_busy_process():
+    from benchmarks.contention import busy_process
+
+    with busy_process():
+        time.sleep(0.3)
+        assert idle_cores(0.5) <= os.cpu_count() - 0.5
 
 
 # Stands in for the training entry point: what a training process sees once it has imported torch and chosen its hardware.
@@ -70,11 +85,12 @@ PROBE = """
 import os, torch
 from dagster_pipes import open_dagster_pipes
 from llm_assets.recipes import Recipe
+from llm_assets.training import hardware
 from llm_assets.training.common import hardware_for
 
 with open_dagster_pipes() as pipes:
     hardware_for(Recipe(name="probe"))
-    seen = {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "PYTHONUNBUFFERED")}
+    seen = {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "PYTHONUNBUFFERED")}
     pipes.report_custom_message({"metrics": {**seen, "threads": torch.get_num_threads()}})
 """
 
@@ -97,12 +113,15 @@ def launched_child_sees(tmp_path, launcher_kw: dict) -> dict:
     return seen
 
 
-def test_launched_training_process_waits_passively_on_every_core(project_env, monkeypatch):
-    for key in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS"):
+@pytest.mark.parametrize("idle, waits", [(0.0, ("PASSIVE", None)), (64.0, (None, "10000"))])
+def test_launched_training_process_uses_every_core_and_waits_as_the_load_at_launch_asks(project_env, monkeypatch, idle, waits):
+    for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS"):
         monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(hardware, "idle_cores", lambda: idle)  # the machine's load, which the test cannot set
     seen = launched_child_sees(project_env, {})
     cores = len(os.sched_getaffinity(0))
-    assert seen == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(cores), "PYTHONUNBUFFERED": "1", "threads": cores}
+    assert (seen["OMP_WAIT_POLICY"], seen["GOMP_SPINCOUNT"]) == waits
+    assert seen["OMP_NUM_THREADS"] == str(cores) and seen["threads"] == cores and seen["PYTHONUNBUFFERED"] == "1"
 
 
 def test_user_environment_and_extra_env_override_the_launcher_threading(project_env, monkeypatch):

@@ -130,10 +130,11 @@ def worker_result(order: WorkOrder, store: Store, returncode: int | None, failed
 def child_env(extra_env: Mapping[str, str], processes: int) -> dict[str, str]:
     """What the training process gets on top of this process's environment (merged over ``os.environ``).
 
-    Its threading (``training_thread_env``: passive OpenMP waits, the cores shared among ``processes``) keeps
-    training fast beside the webserver, daemon and other runs. It must be in the environment because OpenMP reads it
-    when torch is imported. To override, set ``OMP_WAIT_POLICY`` / ``OMP_NUM_THREADS`` in the environment that
-    starts Dagster, or in ``TrainingLauncher.extra_env`` (which wins over everything here).
+    Its threading (``training_thread_env``: the cores shared among ``processes``, a short OpenMP spin when they are
+    free at launch, passive waits beside the webserver, daemon and other runs) keeps training fast either way. It must
+    be in the environment because OpenMP reads it when torch is imported. To override, set ``OMP_WAIT_POLICY`` /
+    ``GOMP_SPINCOUNT`` / ``OMP_NUM_THREADS`` in the environment that starts Dagster, or in
+    ``TrainingLauncher.extra_env`` (which wins over everything here).
     """
     return {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_TELEMETRY": "1",
             "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda"),

@@ -42,7 +42,8 @@ def hardware_for(recipe: Recipe, group: TrainGroup | None = None) -> Hardware:
                    packing=stage in ("cpt", "sft") and recipe.data.packing,
                    generates=stage == "rlhf" and recipe.rlhf.algorithm in ("rloo", "grpo"),
                    deepspeed=recipe.distributed.processes > 1 and bool(recipe.distributed.deepspeed),
-                   parameters=parameter_count(recipe.model.architecture), group=stage or "model")
+                   parameters=parameter_count(recipe.model.architecture), hidden_size=recipe.model.architecture.hidden_size,
+                   group=stage or "model")
     have = machine()
     if have.cuda and stage and want.gradient_checkpointing is None:
         want = replace(want, memory_gb=memory_without_checkpointing(recipe, stage))

@@ -1,9 +1,10 @@
 """Defaults chosen from the machine, because GPU-tuned defaults are wrong on a CPU.
 
 On a CPU, gradient checkpointing only costs time (recompute) for memory a small model does not
-need, and bf16 pays only where the CPU multiplies bf16 natively (AVX512-BF16 or AMX): there
-bf16 autocast over fp32 weights made a 7 M parameter SFT step 1.47x faster on this project's
-2-core machine; without it bf16 is emulated and slower than fp32. A recipe can override each.
+need, and bf16 pays only where the CPU multiplies bf16 natively (AVX512-BF16 or AMX) and the model
+is wide enough (``BF16_MIN_HIDDEN``): there bf16 autocast over fp32 weights made a 7 M parameter SFT
+step 1.47x faster on this project's 2-core machine; without it bf16 is emulated and slower than
+fp32. A recipe can override each.
 
 On a GPU the fast path is on wherever its package is installed: bf16, FlashAttention 2 (else
 SDPA), TRL's padding-free batches (with a varlen kernel), Liger kernels, vLLM generation for
@@ -23,14 +24,20 @@ import gc
 import importlib.metadata
 import importlib.util
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
 # Importable module -> its distribution on PyPI (the version is read from the distribution).
 KERNEL_PACKAGES = {"flash_attn": "flash-attn", "liger_kernel": "liger-kernel", "vllm": "vllm"}
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
+# Below this hidden size a CPU's bf16 autocast costs more in casts than its matmuls gain. A training step (batch 16 x
+# 128 tokens) on this project's 2-core machine, bf16 autocast against fp32: 0.77x the speed at hidden size 128 (the
+# tiny recipe), 1.2x at 192, 1.37x at 256; a 7 M model's SFT step 1.47x.
+BF16_MIN_HIDDEN = 192
 LARGE_MODEL_PARAMETERS = 1e9  # checkpointing without a memory estimate: above this many parameters
 GB = 1e9  # as the memory estimator counts
 
@@ -92,6 +99,7 @@ class Request:
     deepspeed: bool = False
     memory_gb: float | None = None  # the stage's memory estimate without checkpointing; None: no estimate
     parameters: float = 0
+    hidden_size: int = 0  # the model's width; 0: unknown
     group: str = "sft"  # the recipe group the overrides are read from, for messages
 
 
@@ -109,24 +117,56 @@ def cpu_threads() -> int:
     return int(value) if value.isdigit() and int(value) > 0 else cpu_cores()
 
 
-def training_thread_env(processes: int = 1, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """Threading settings for a training child process; OpenMP reads them once, when torch is imported, so only its
-    environment can carry them.
+SPIN_COUNT = "10000"  # GNU OpenMP spin iterations before a waiting thread sleeps, when the cores are free
+FREE_CORE_SHARE = 0.5  # the cores count as free when other processes use less than half a core between them
 
-    ``OMP_WAIT_POLICY=PASSIVE``: a thread that reaches a barrier sleeps instead of spinning, so it does not burn the
-    core its partner thread needs. A demo-size SFT on this 2-core machine (``python -m benchmarks.run --parts
-    contention``; tokens/s, min-max of 3) beside one busy process: 444-767 spinning, 2,856-5,795 passive while other
-    test runs loaded the machine; 2,228-3,228 vs 5,913-6,554 when it was quieter. With nothing but other engineers'
-    tests beside it, spinning fell to 613-5,288 and passive kept 5,678-6,622. On a near-idle machine passive ran from
-    11% faster (median 10,949 vs 9,870) to 17% slower (8,475 vs 10,613, median of 5) than spinning, run to run; a
-    short spin (``GOMP_SPINCOUNT=1000``) was no better than passive either way. LLVM/Intel OpenMP maps PASSIVE to
-    ``KMP_BLOCKTIME=0`` and GNU OpenMP (PyPI torch) to no spinning, so one variable covers both.
-    ``OMP_NUM_THREADS``: every core of this process's affinity, shared among torchrun's ``processes``. One thread
-    fewer was as fast beside a busy process (6,086-7,408) but 35% slower idle (6,683-7,802 vs 8,848-10,983).
+
+def idle_cores(interval_s: float = 0.2) -> float | None:
+    """Cores of this machine no process used over ``interval_s`` (``/proc/stat``'s idle and iowait time); None where
+    there is no ``/proc/stat``."""
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval_s)
+        total1, idle1 = sample()
+    except OSError:
+        return None
+    return (os.cpu_count() or 1) * (idle1 - idle0) / max(1, total1 - total0)
+
+
+def training_thread_env(processes: int = 1, environ: Mapping[str, str] = os.environ,
+                        idle_now: Callable[[], float | None] | None = None) -> dict[str, str]:
+    """Threading settings for a training child process; OpenMP reads them once, when torch is imported, so only its
+    environment can carry them. ``idle_now``: the idle cores at launch (default ``idle_cores``).
+
+    ``OMP_NUM_THREADS``: every core of this process's affinity, shared among torchrun's ``processes``.
+    How a thread waits at the end of each parallel region depends on whether the cores are free at launch:
+
+    * free (other processes use under half a core): spin briefly (``GOMP_SPINCOUNT=10000``) before sleeping. A 1 M
+      parameter training step (batch 16 x 128 tokens, fp32) on this idle 2-core machine, tokens/s: 18,700 with this
+      spin, 19,000 with OpenMP's default long spin, 13,400 with passive waits; that model's whole SFT stage took 79 s
+      spinning, 120 s passive. Should a neighbour start mid-run, the short spin keeps 5,900 where the default falls
+      to 1,500.
+    * busy: ``OMP_WAIT_POLICY=PASSIVE``, a thread that reaches a barrier sleeps instead of burning the core its partner
+      thread needs: beside one busy process 9,400, against 5,900 with the short spin and 1,500 with the default.
+      (``benchmarks.run --parts contention`` compares them on the tiny recipe.)
+
+    LLVM/Intel OpenMP maps PASSIVE to ``KMP_BLOCKTIME=0``; its short spin (``KMP_BLOCKTIME``) is left at its default.
     No ``OMP_PROC_BIND``: a thread pinned to the core a busy process holds could not move to a free one.
-    A key already in ``environ`` (the user's own setting) is left as the user set it.
+    A key already in ``environ`` (the user's own setting) is left as the user set it; a user's wait policy or spin
+    count stands for both of them.
     """
-    chosen = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(max(1, cpu_cores() // max(1, processes)))}
+    chosen = {"OMP_NUM_THREADS": str(max(1, cpu_cores() // max(1, processes)))}
+    if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
+        idle = (idle_now or idle_cores)()
+        busy_elsewhere = None if idle is None else (os.cpu_count() or 1) - idle
+        if busy_elsewhere is not None and busy_elsewhere < FREE_CORE_SHARE:
+            chosen["GOMP_SPINCOUNT"] = SPIN_COUNT
+        else:
+            chosen["OMP_WAIT_POLICY"] = "PASSIVE"
     return {k: v for k, v in chosen.items() if k not in environ}
 
 
@@ -155,7 +195,8 @@ def installed_kernels() -> dict[str, str]:
 
 
 def machine() -> Machine:
-    waits = os.environ.get("OMP_WAIT_POLICY", "spin").lower()
+    spin = os.environ.get("GOMP_SPINCOUNT")
+    waits = os.environ.get("OMP_WAIT_POLICY", "").lower() or (f"spin {spin}" if spin else "spin")
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         return Machine(cuda=True, name=props.name, bf16=torch.cuda.is_bf16_supported(), capability=(props.major, props.minor),
@@ -183,10 +224,12 @@ def decide(want: Request, have: Machine) -> Hardware:
         dtype = "bfloat16" if have.bf16 else "float16"
         autocast, why_dtype = dtype, f"{dtype}: {'the GPU has bf16' if have.bf16 else 'the GPU has no bf16'}"
     else:
-        native = have.bf16 and not want.deepspeed
+        narrow = 0 < want.hidden_size < BF16_MIN_HIDDEN
+        native = have.bf16 and not want.deepspeed and not narrow
         dtype, autocast = "float32", "bfloat16" if native else "none"
-        why_dtype = ("float32 weights, bf16 autocast: native bf16 matmul" if native else
-                     "float32: " + ("DeepSpeed casts weights itself" if have.bf16 else "bf16 is emulated on this CPU, slower than fp32"))
+        why_dtype = ("float32 weights, bf16 autocast: native bf16 matmul" if native else "float32: " + (
+            "bf16 is emulated on this CPU, slower than fp32" if not have.bf16 else "DeepSpeed casts weights itself"
+            if want.deepspeed else f"hidden size {want.hidden_size}: matmuls too small for bf16 casts to pay"))
     if want.dtype != "auto":
         dtype, autocast, why_dtype = want.dtype, want.dtype if want.dtype != "float32" else "none", f"{want.dtype}: model.dtype"
     choices.append(f"dtype {why_dtype}")
