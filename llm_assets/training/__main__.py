@@ -14,7 +14,7 @@ import sys
 import traceback
 import warnings
 
-from llm_assets.training.report import Reporter
+from llm_assets.training.lean_process import exit_without_teardown, hide, unused_packages
 from llm_assets.training.spec import STAGES, StageSpec
 
 
@@ -36,14 +36,16 @@ def load_order(stage: str):
     return order
 
 
-def run_spec(stage: str, path: str, reporter: Reporter) -> dict:
-    from llm_assets.training.worker import run_stage
-
+def run_spec(stage: str, path: str) -> dict:
     spec = StageSpec.load(path)
     if spec.stage != stage:
         raise SystemExit(f"the spec is for stage {spec.stage!r}, not {stage!r}")
+    hide(unused_packages(stage, spec.recipe))
+    from llm_assets.training.report import Reporter
+    from llm_assets.training.worker import run_stage
+
     try:
-        return run_stage(stage, spec, reporter)
+        return run_stage(stage, spec, Reporter())
     except BaseException as e:
         if int(os.environ.get("RANK", "0")) == 0:
             spec.error_path.write_text(json.dumps({"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}))
@@ -60,13 +62,19 @@ def main(argv: list[str] | None = None) -> int:
 
     datasets.disable_progress_bars()
     if args.spec:
-        Reporter().result(run_spec(args.stage, args.spec, Reporter()))
+        result = run_spec(args.stage, args.spec)
+        from llm_assets.training.report import Reporter
+
+        Reporter().result(result)
         return 0
     from llm_assets.launch.parent_death import die_with_parent
-    from llm_assets.training.worker import is_rank0, run_order
 
     die_with_parent()  # a torchrun rank dies with torchrun, as torchrun and a single worker die with the Dagster step
     order = load_order(args.stage)
+    hide(unused_packages(args.stage, order.recipe))
+    from llm_assets.training.report import Reporter
+    from llm_assets.training.worker import is_rank0, run_order
+
     if not is_rank0():
         run_order(order, Reporter())
         return 0
@@ -80,4 +88,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())  # an error raises out of main() and exits as Python does, traceback and all
