@@ -19,7 +19,6 @@ from llm_assets.paths import project_root
 from llm_assets.recipes import Recipe, TrainGroup
 from llm_assets.training.checkpoints import StoreCheckpoints
 from llm_assets.training.hardware import Hardware, Request, decide, machine
-from llm_assets.training.packing import score_trainable_positions_only
 from llm_assets.training.spec import StageSpec, beside
 from llm_assets.training.tracking import check_environment
 
@@ -49,7 +48,9 @@ def hardware_for(recipe: Recipe, group: TrainGroup | None = None) -> Hardware:
         want = replace(want, memory_gb=memory_without_checkpointing(recipe, stage))
     hw = decide(want, have)
     torch.set_num_threads(hw.threads)
-    if hw.device == "cpu":
+    if hw.device == "cpu" and group is not None:  # TRL's loss is computed only where a stage trains
+        from llm_assets.training.packing import score_trainable_positions_only  # TRL: 0.8 s of start-up the others skip
+
         score_trainable_positions_only()
     return hw
 
