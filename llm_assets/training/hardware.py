@@ -227,9 +227,14 @@ def decide(want: Request, have: Machine) -> Hardware:
         narrow = 0 < want.hidden_size < BF16_MIN_HIDDEN
         native = have.bf16 and not want.deepspeed and not narrow
         dtype, autocast = "float32", "bfloat16" if native else "none"
-        why_dtype = ("float32 weights, bf16 autocast: native bf16 matmul" if native else "float32: " + (
-            "bf16 is emulated on this CPU, slower than fp32" if not have.bf16 else "DeepSpeed casts weights itself"
-            if want.deepspeed else f"hidden size {want.hidden_size}: matmuls too small for bf16 casts to pay"))
+        if native:
+            why_dtype = "float32 weights, bf16 autocast: native bf16 matmul"
+        elif not have.bf16:
+            why_dtype = "float32: bf16 is emulated on this CPU, slower than fp32"
+        elif want.deepspeed:
+            why_dtype = "float32: DeepSpeed casts weights itself"
+        else:
+            why_dtype = f"float32: hidden size {want.hidden_size}: matmuls too small for bf16 casts to pay"
     if want.dtype != "auto":
         dtype, autocast, why_dtype = want.dtype, want.dtype if want.dtype != "float32" else "none", f"{want.dtype}: model.dtype"
     choices.append(f"dtype {why_dtype}")
