@@ -22,7 +22,7 @@ from pathlib import Path
 
 from llm_assets.markdown import markdown_table
 from llm_assets.recipes import load_recipe
-from llm_assets.training.hardware import SPIN_COUNT, cpu_cores, training_thread_env
+from llm_assets.training.hardware import SPIN_COUNT, cpu_cores, training_thread_env, wait_policy
 
 TARGET_BUSY_OVER_IDLE = 0.4  # issue 10 item 17: beside one busy process, at least 40% of the idle figure
 BUSY_DEADLINE_S = 900  # the busy loop ends itself after this, even if the benchmark dies without killing it
@@ -33,10 +33,14 @@ IDLE_TARGET = 0.95  # idle, the launcher's choice keeps 95% of OpenMP's default 
 THREADING_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
 
 
+def base_env() -> dict[str, str]:
+    """This shell's environment without its threading keys (the user's own would otherwise win in every setting)."""
+    return {k: v for k, v in os.environ.items() if k not in THREADING_KEYS}
+
+
 def settings(quick: bool) -> dict[str, dict[str, str] | None]:
-    """Each setting's whole child environment; ``chosen`` is None: the launcher's choice, made when the run starts.
-    Every setting strips the threading keys of this shell first (the user's own would otherwise win everywhere)."""
-    base = {k: v for k, v in os.environ.items() if k not in THREADING_KEYS}
+    """Each setting's whole child environment; ``chosen`` is None: the launcher's choice, made when the run starts."""
+    base = base_env()
     if quick:
         return {"before": base, "chosen": None}
     return {"before": base, "passive waits": {**base, "OMP_WAIT_POLICY": "PASSIVE"},
@@ -45,7 +49,7 @@ def settings(quick: bool) -> dict[str, dict[str, str] | None]:
 
 def chosen_env() -> dict[str, str]:
     """What the launcher would give a training process now."""
-    base = {k: v for k, v in os.environ.items() if k not in THREADING_KEYS}
+    base = base_env()
     return {**base, **training_thread_env(environ=base)}
 
 
@@ -77,9 +81,8 @@ def measure(work: Path, steps: int, extra: list[str], env: dict[str, str] | None
             result = run_config("ours", work, steps, extra, env)
             if busy.poll() is not None:
                 raise SystemExit(f"the busy process ended before the run did (after {BUSY_DEADLINE_S} s); shorten the run")
-    waits = env.get("OMP_WAIT_POLICY", "").lower() or (f"spin {env['GOMP_SPINCOUNT']}" if "GOMP_SPINCOUNT" in env else "spin")
     return {"tokens_per_s": result["real_tokens_per_s"], "threads": result["threads"], "load_avg_1m": load_before,
-            "wall_s": result["wall_s"], "waits": waits}
+            "wall_s": result["wall_s"], "waits": wait_policy(env)}
 
 
 def summary(runs: list[dict]) -> dict:

@@ -162,8 +162,7 @@ def training_thread_env(processes: int = 1, environ: Mapping[str, str] = os.envi
     chosen = {"OMP_NUM_THREADS": str(max(1, cpu_cores() // max(1, processes)))}
     if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
         idle = (idle_now or idle_cores)()
-        busy_elsewhere = None if idle is None else (os.cpu_count() or 1) - idle
-        if busy_elsewhere is not None and busy_elsewhere < FREE_CORE_SHARE:
+        if idle is not None and (os.cpu_count() or 1) - idle < FREE_CORE_SHARE:  # unknown load: passive, the safe one
             chosen["GOMP_SPINCOUNT"] = SPIN_COUNT
         else:
             chosen["OMP_WAIT_POLICY"] = "PASSIVE"
@@ -194,9 +193,14 @@ def installed_kernels() -> dict[str, str]:
     return found
 
 
+def wait_policy(environ: Mapping[str, str] = os.environ) -> str:
+    """How OpenMP threads wait under ``environ``: its wait policy, else spinning (``GOMP_SPINCOUNT`` times when set)."""
+    spin = environ.get("GOMP_SPINCOUNT")
+    return environ.get("OMP_WAIT_POLICY", "").lower() or (f"spin {spin}" if spin else "spin")
+
+
 def machine() -> Machine:
-    spin = os.environ.get("GOMP_SPINCOUNT")
-    waits = os.environ.get("OMP_WAIT_POLICY", "").lower() or (f"spin {spin}" if spin else "spin")
+    waits = wait_policy()
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         return Machine(cuda=True, name=props.name, bf16=torch.cuda.is_bf16_supported(), capability=(props.major, props.minor),
